@@ -1,0 +1,129 @@
+"""``create_model``, ``load_checkpoint`` and ``model_info``: the thin public entry points."""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .data.cityscapes import CLASS_NAMES, NUM_CLASSES, PALETTE
+from .errors import CheckpointError, WeightsUnavailableError
+from .hub.checkpoint import read_state_dict
+from .hub.convert import Layout, load_converted
+from .registry import ModelEntry, resolve, weights_for
+
+WEIGHTS_DIR_ENV = "CITYSEG_ZOO_WEIGHTS_DIR"
+
+
+def _pretrained_cfg(entry: ModelEntry, weight: dict | None, num_classes: int) -> dict:
+    cfg = {"architecture": entry.name, "weights": None, **entry.cfg, "num_classes": num_classes}
+    if num_classes == NUM_CLASSES:
+        cfg.update(classes=list(CLASS_NAMES), palette=[list(c) for c in PALETTE])
+    if weight is not None:
+        cfg.update({k: v for k, v in weight.items() if k not in ("name", "architecture")})
+        cfg["weights"] = weight["name"]
+    return cfg
+
+
+def create_model(name: str, pretrained: bool | str | os.PathLike = False, num_classes: int | None = None,
+                 **kwargs) -> nn.Module:
+    """Build a zoo model by architecture name (``danet_r101``) or weight name (``danet_r101_cityscapes``).
+
+    Args:
+        name: a name from :func:`list_models` or :func:`list_pretrained`.
+        pretrained: ``False``; ``True`` (the default weights of ``name``); a weight name; or a local checkpoint
+            path in any supported layout (reference repos' containers, or the zoo's safetensors).
+        num_classes: defaults to 19 (Cityscapes). With pretrained weights and a different count, every layer but
+            the classifiers is loaded and the re-initialised layers are reported in a warning.
+        kwargs: passed to the architecture builder (e.g. ``recurrence=1`` for CCNet).
+    """
+    entry, weight = resolve(name)
+    n = num_classes if num_classes is not None else (weight or {}).get("num_classes", NUM_CLASSES)
+    kwargs = {**(weight or {}).get("model_kwargs", {}), **kwargs}  # e.g. CCNet's recurrence of those weights
+    model = entry.builder(num_classes=n, **kwargs)
+    model.pretrained_cfg = _pretrained_cfg(entry, weight, n)
+    if pretrained is False or pretrained is None:
+        return model
+    if pretrained is True:
+        path = _locate_weights(entry, weight)
+    elif isinstance(pretrained, str) and not os.path.exists(pretrained) and _is_weight_name(pretrained):
+        weight = resolve(pretrained)[1]
+        if weight["architecture"] != entry.name:
+            raise CheckpointError(f"weights {pretrained!r} are for {weight['architecture']!r}, not {entry.name!r}")
+        model.pretrained_cfg = _pretrained_cfg(entry, weight, n)
+        path = _locate_weights(entry, weight)
+    else:
+        path = Path(pretrained)
+    load_checkpoint(model, path, reinit_classifier=num_classes is not None)
+    return model
+
+
+def _is_weight_name(text: str) -> bool:
+    try:
+        return resolve(text)[1] is not None
+    except Exception:
+        return False
+
+
+def _locate_weights(entry: ModelEntry, weight: dict | None) -> Path:
+    """Find a weight file on disk (``$CITYSEG_ZOO_WEIGHTS_DIR``), or say exactly what is missing."""
+    if weight is None:
+        released = weights_for(entry.name)
+        if not released:
+            raise WeightsUnavailableError(
+                f"{entry.name!r} has no pretrained weights in the manifest. Build it with pretrained=False, "
+                "or pass pretrained='path/to/checkpoint'.")
+        weight = released[0]
+    if not weight.get("sources"):
+        raise WeightsUnavailableError(
+            f"no weights were ever released for {weight['name']!r}: {weight.get('note', '')} "
+            "Use pretrained=False (random init) or pass your own checkpoint path.")
+    filename = weight["filename"]
+    search = [Path(d) for d in os.environ.get(WEIGHTS_DIR_ENV, "").split(os.pathsep) if d]
+    for folder in search:
+        if (folder / filename).is_file():
+            return folder / filename
+    where = "; ".join(s.get("url") or s.get("id", "") for s in weight["sources"])
+    raise WeightsUnavailableError(
+        f"weights {weight['name']!r} ({filename}) are not on this machine. Download them from: {where}; then put "
+        f"the file in a folder named by ${WEIGHTS_DIR_ENV} or pass pretrained='path/to/{filename}'.")
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike, layout: str | None = None,
+                    reinit_classifier: bool = False) -> nn.Module:
+    """Load a checkpoint file into ``model``, mapping reference key layouts strictly.
+
+    Any missing or unexpected key is a :class:`CheckpointError` naming the keys. ``layout`` forces one
+    layout by name (see ``model_info(name)['layouts']``).
+    """
+    from .registry import get_entry
+    state_dict = read_state_dict(path)
+    layouts: list[Layout] = list(get_entry(model.pretrained_cfg["architecture"]).layouts)
+    if layout is not None:
+        layouts = [lay for lay in layouts if lay.name == layout]
+        if not layouts:
+            raise CheckpointError(f"unknown layout {layout!r} for {model.pretrained_cfg['architecture']}")
+    report = load_converted(model, state_dict, layouts, source=str(path), reinit_classifier=reinit_classifier)
+    if report.missing:
+        warnings.warn(f"re-initialised for num_classes={model.pretrained_cfg['num_classes']}: "
+                      f"{', '.join(report.missing)}", stacklevel=2)
+    model.pretrained_cfg["checkpoint"] = {"path": str(path), "layout": report.layout}
+    return model
+
+
+def model_info(name: str) -> dict:
+    """Configuration, parameter count, layouts and weights of a model name, without allocating weights."""
+    entry, weight = resolve(name)
+    with torch.device("meta"):
+        model = entry.builder(num_classes=(weight or {}).get("num_classes", NUM_CLASSES))
+    return {
+        "name": name,
+        "architecture": entry.name,
+        "params": sum(p.numel() for p in model.parameters()),
+        "description": entry.doc.splitlines()[0] if entry.doc else "",
+        "pretrained_cfg": _pretrained_cfg(entry, weight, (weight or {}).get("num_classes", NUM_CLASSES)),
+        "layouts": [lay.name for lay in entry.layouts],
+        "weights": [w["name"] for w in weights_for(entry.name)],
+    }

@@ -1,0 +1,57 @@
+"""Reading checkpoint files into a flat ``{key: tensor}`` state dict, without ever unpickling code.
+
+``.safetensors`` files are read with safetensors. Legacy ``.pth``/``.pt``/``.tar`` files are opened only with
+``torch.load(weights_only=True)``, which refuses any pickle that would construct arbitrary objects.
+Containers seen in the wild (models.md §0.4): a bare state dict, ``{'state_dict': ...}`` (DANet,
+DecoupleSegNets), ``{'model': ...}``, ``{'meta', 'state_dict'}`` (mmseg), and a ``module.`` prefix from
+DataParallel/DDP.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError
+
+_CONTAINER_KEYS = ("state_dict", "model_state", "model", "net")
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file and return its flat state dict (container and ``module.`` prefix removed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
+        raise CheckpointError(
+            f"{path} could not be loaded with torch.load(weights_only=True): {type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}. Only plain tensor checkpoints are accepted; a file "
+            "that needs arbitrary unpickling is refused for safety.") from err
+    return unwrap_state_dict(obj, source=str(path))
+
+
+def unwrap_state_dict(obj, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Take the state dict out of a training container and strip a ``module.`` prefix."""
+    if isinstance(obj, dict):
+        for key in _CONTAINER_KEYS:
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(f"{source} holds no state dict (found {type(obj).__name__})")
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{source}: entries that are not tensors: {bad[:5]}")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return dict(obj)

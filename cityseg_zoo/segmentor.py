@@ -1,0 +1,97 @@
+"""Backbone + decode head + optional auxiliary head, and the forward contract every zoo model follows.
+
+Forward contract
+----------------
+``model(x)`` takes a float tensor ``[B, 3, H, W]``, normalised as ``model.pretrained_cfg["input"]`` says.
+
+* eval mode: returns the main logits ``[B, num_classes, H, W]`` (bilinear upsampling of the head's output with
+  the reference's ``align_corners``).
+* train mode: returns a ``dict[str, Tensor]``, every tensor ``[B, num_classes, H, W]``:
+  ``"out"`` the main logits, plus one entry per auxiliary prediction: ``"aux"`` for the layer3 (dsn) head,
+  ``"pam"`` / ``"cam"`` for DANet's single-branch classifiers. The loss weight of each is the recipe's
+  (models.md): 0.4 for ``"aux"``, 1.0 for ``"pam"``/``"cam"``.
+
+``model.forward_logits_lowres(x)`` returns the main logits at the head's own resolution (1/8 for most models)
+with no upsampling: the tensor the reference code returns, for exact comparisons.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .errors import InputError
+from .ops.norm import conv_bn_act
+from .ops.resize import resize
+
+
+class AuxHead(nn.Sequential):
+    """The layer3 "dsn" head: conv3x3 (bias) -> norm [-> act] -> Dropout2d -> conv1x1.
+
+    ``act``: ``"relu"`` (GALD, PSPNet: keys 0, 1, 4), ``"none"`` (DGCNet: keys 0, 1, 3),
+    ``"abn"`` (InPlaceABN + LeakyReLU, CCNet/OCNet/DeepLabv3: keys 0, 1, 3).
+    """
+
+    def __init__(self, in_ch: int, mid_ch: int, num_classes: int, act: str = "relu", dropout: float = 0.1):
+        layers = list(conv_bn_act(in_ch, mid_ch, 3, bias=True, act=act))
+        layers += [nn.Dropout2d(dropout), nn.Conv2d(mid_ch, num_classes, 1)]
+        super().__init__(*layers)
+
+
+class Segmentor(nn.Module):
+    """A semantic segmentation network: ``head(backbone(x))`` upsampled to the input size.
+
+    Args:
+        backbone: module returning a list of feature maps.
+        head: module taking that list; returns main logits (a tensor), or in train mode optionally a dict
+            with ``"out"`` and named auxiliary logits.
+        aux_head: optional head on ``features[aux_index]``, used in train mode only.
+        align_corners: of the final upsampling (the reference's choice).
+        min_input_size: smallest H/W the architecture accepts (checked with a clear error).
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, aux_head: nn.Module | None = None,
+                 aux_index: int = 2, align_corners: bool = True, min_input_size: int = 1):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.aux_head = aux_head
+        self.aux_index = aux_index
+        self.align_corners = align_corners
+        self.min_input_size = min_input_size
+        self.pretrained_cfg: dict = {}
+
+    @property
+    def num_classes(self) -> int:
+        return self.pretrained_cfg.get("num_classes", 0)
+
+    def _check_input(self, x) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise InputError(f"expected a torch.Tensor [B, 3, H, W], got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise InputError(f"expected a floating-point tensor, got dtype {x.dtype}; convert with x.float() and "
+                             "normalise it as model.pretrained_cfg['input'] says")
+        if x.dim() != 4:
+            raise InputError(f"expected a 4-D tensor [B, 3, H, W], got shape {tuple(x.shape)}")
+        if x.shape[1] != 3:
+            raise InputError(f"expected 3 input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+        h, w = x.shape[-2:]
+        if min(h, w) < self.min_input_size:
+            raise InputError(f"input {h}x{w} is smaller than this model's minimum side of {self.min_input_size} px")
+
+    def forward_logits_lowres(self, x: torch.Tensor) -> torch.Tensor:
+        """Main logits at the head's resolution, as the reference code returns them (no upsampling)."""
+        self._check_input(x)
+        out = self.head(self.backbone(x))
+        return out["out"] if isinstance(out, dict) else out
+
+    def forward(self, x: torch.Tensor):
+        self._check_input(x)
+        size = x.shape[-2:]
+        features = self.backbone(x)
+        out = self.head(features)
+        if not self.training:
+            return resize(out["out"] if isinstance(out, dict) else out, size, self.align_corners)
+        outputs = dict(out) if isinstance(out, dict) else {"out": out}
+        if self.aux_head is not None:
+            outputs["aux"] = self.aux_head(features[self.aux_index])
+        return {name: resize(logits, size, self.align_corners) for name, logits in outputs.items()}

@@ -1,0 +1,111 @@
+"""Rebuild the reference repos' checkpoints and outputs from ``shared/spec`` (golden_recipe.md).
+
+Every weight is a deterministic function of (reference key, shape), so a checkpoint in the reference layout can be
+rebuilt from the key list alone, saved in that repo's container, and loaded through ``create_model``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def spec_dir() -> Path:
+    """``$CITYSEG_SPEC_DIR``, else ``shared/spec`` beside the repository checkout."""
+    env = os.environ.get("CITYSEG_SPEC_DIR")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parents[2] / "shared" / "spec")
+    for path in candidates:
+        if (path / "golden_recipe.md").is_file():
+            return path
+    raise FileNotFoundError(f"reference spec not found in {[str(c) for c in candidates]}; set CITYSEG_SPEC_DIR")
+
+
+def fill_value(key: str, shape, dtype=torch.float32) -> torch.Tensor:
+    """golden_recipe.md §2, verbatim."""
+    g = torch.Generator().manual_seed(zlib.crc32(key.encode()))
+    shape = tuple(shape)
+    if key.endswith("num_batches_tracked"):
+        return torch.zeros(shape, dtype=torch.long)
+    if key.endswith("running_mean"):
+        return torch.randn(shape, generator=g) * 0.1
+    if key.endswith("running_var"):
+        return torch.rand(shape, generator=g) * 1.0 + 0.5
+    if key.endswith("bias"):
+        return torch.randn(shape, generator=g) * 0.01
+    if key.endswith("weight") and len(shape) >= 2:
+        fan_in = int(np.prod(shape[1:]))
+        return torch.randn(shape, generator=g) * math.sqrt(2.0 / fan_in) * 0.5
+    if key.endswith("weight") and len(shape) == 1:
+        return torch.rand(shape, generator=g) * 0.5 + 0.5
+    return torch.randn(shape, generator=g) * 0.1
+
+
+def reference_keys(name: str) -> dict[str, list[int]]:
+    return json.loads((spec_dir() / "keys" / f"{name}.json").read_text())
+
+
+def reference_state_dict(name: str, aliases: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
+    """The reference checkpoint of ``keys/<name>.json`` with deterministic values.
+
+    ``aliases``: ``{alias_substring: original_substring}`` for shared modules (OCNet ``f_query`` = ``f_key``):
+    an alias key holds the same tensor as its original, as in the reference's state dict.
+    """
+    aliases = aliases or {}
+    state = {}
+    for key, shape in reference_keys(name).items():
+        twin = next((key.replace(a, o) for a, o in aliases.items() if a in key), None)
+        state[key] = state[twin].clone() if twin is not None else fill_value(key, shape)
+    return state
+
+
+def save_container(state: dict[str, torch.Tensor], path: Path, container: str) -> Path:
+    """Save as a reference repo did: ``bare``, ``state_dict`` ({'state_dict': sd, ...}), or ``module``
+    ({'state_dict': {'module.' + k: v}, ...}, DecoupleSegNets / NVIDIA style)."""
+    if container == "bare":
+        obj = state
+    elif container == "state_dict":
+        obj = {"epoch": 240, "state_dict": state, "best_pred": 0.0}
+    elif container == "module":
+        obj = {"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 1, "mean_iu": 0.0}
+    else:
+        raise ValueError(container)
+    torch.save(obj, path)
+    return path
+
+
+def golden_input() -> torch.Tensor:
+    torch.manual_seed(0)
+    return torch.randn(1, 3, 128, 256)
+
+
+def golden_output(name: str) -> torch.Tensor:
+    return torch.from_numpy(np.load(spec_dir() / "golden" / f"{name}_out.npy"))
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def check_golden(arch: str, golden: str, container: str, tmp_path: Path, output: str = "lowres",
+                 aliases: dict[str, str] | None = None, keys: str | None = None, **model_kwargs) -> float:
+    """Build the reference checkpoint, load it through ``create_model`` and return the relative error.
+
+    ``output``: ``"lowres"`` compares ``forward_logits_lowres`` (references that return 1/8 logits),
+    ``"forward"`` compares ``model(x)`` (references that upsample inside the model).
+    """
+    import cityseg_zoo
+    path = save_container(reference_state_dict(keys or f"{golden}", aliases), tmp_path / f"{golden}.pth", container)
+    model = cityseg_zoo.create_model(arch, pretrained=str(path), **model_kwargs).eval()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    with torch.no_grad():
+        x = golden_input()
+        out = model.forward_logits_lowres(x) if output == "lowres" else model(x)
+    expected = golden_output(golden)
+    assert out.shape == expected.shape, f"{arch}: shape {tuple(out.shape)} vs golden {tuple(expected.shape)}"
+    return relative_error(out, expected)

@@ -3,6 +3,7 @@ from . import models  # noqa: F401  (registers every architecture)
 from .errors import (CheckpointError, CitysegZooError, InputError, UnknownModelError,
                      WeightsUnavailableError)
 from .factory import create_model, load_checkpoint, model_info
+from . import registry
 from .registry import list_models, list_pretrained
 
 __version__ = "0.1.0"

@@ -13,7 +13,8 @@ def _size_for(model) -> tuple[int, int]:
     return (max(ODD[0], lo + (lo % 2 == 0)), max(ODD[1], lo + 64 + (lo % 2 == 0)))
 
 
-@pytest.mark.parametrize("name", list_models())
+# The r101 builders differ from their r50 twins only in layer3's depth; they run in the golden tests.
+@pytest.mark.parametrize("name", [n for n in list_models() if not n.endswith("_r101")])
 def test_contract_on_odd_unequal_input(name):
     torch.manual_seed(0)
     model = create_model(name, num_classes=7)

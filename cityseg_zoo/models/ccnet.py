@@ -1,0 +1,80 @@
+"""CCNet: Criss-Cross Network (speedinghzl/CCNet@7a76bff ``networks/ccnet.py::Res_Deeplab``, models.md §5)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..data.normalization import CAFFE_BGR
+from ..hub.convert import Layout
+from ..ops.criss_cross import CrissCrossAttention
+from ..ops.norm import conv_bn_act
+from ..registry import register_model
+from ..segmentor import AuxHead, Segmentor
+from .common import FLAT_STEM_RULES, arch_cfg, deep_stem_resnet
+
+
+class RCCAModule(nn.Module):
+    """Recurrent criss-cross attention: conva -> CCA applied ``recurrence`` times (shared weights) -> convb,
+    then the bottleneck classifier over ``cat[layer4, convb]``. Every norm is InPlaceABN + LeakyReLU(0.01).
+
+    ``recurrence`` (R) is not stored in the weights: the released models use R = 2 (and one R = 1).
+    """
+
+    def __init__(self, in_ch: int, num_classes: int, mid_ch: int = 512, recurrence: int = 2):
+        super().__init__()
+        self.recurrence = recurrence
+        self.conva = conv_bn_act(in_ch, mid_ch, 3, act="abn")
+        self.cca = CrissCrossAttention(mid_ch)
+        self.convb = conv_bn_act(mid_ch, mid_ch, 3, act="abn")
+        # conv3x3 -> ABN -> Dropout2d(0.1) -> conv1x1: keys 0, 1, 3 as the reference.
+        self.bottleneck = nn.Sequential(*conv_bn_act(in_ch + mid_ch, mid_ch, 3, act="abn"),
+                                        nn.Dropout2d(0.1), nn.Conv2d(mid_ch, num_classes, 1))
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x = features[-1]
+        context = self.conva(x)
+        for _ in range(self.recurrence):   # R loops give every pixel a path to every other pixel (R >= 2)
+            context = self.cca(context)
+        context = self.convb(context)
+        return self.bottleneck(torch.cat([x, context], dim=1))
+
+
+CCNET = Layout(
+    "ccnet",
+    rules=FLAT_STEM_RULES + ((r"^head\.", "head."), (r"^dsn\.", "aux_head.")),
+    description="speedinghzl/CCNet@7a76bff networks/ccnet.py::Res_Deeplab, flat stem, InPlaceABN (bare state dict)",
+)
+
+_CFG = arch_cfg(reference="speedinghzl/CCNet@7a76bff networks/ccnet.py::Res_Deeplab",
+                input=CAFFE_BGR, align_corners=True, head_stride=8,
+                eval_protocol="sliding 769, 1/3 overlap, single scale",
+                paper="Huang et al., CCNet: Criss-Cross Attention for Semantic Segmentation, ICCV 2019")
+
+
+def _ccnet(depth: int, num_classes: int, recurrence: int = 2, pretrained_backbone: bool = False) -> Segmentor:
+    if not isinstance(recurrence, int) or recurrence < 1:
+        raise ValueError(f"recurrence must be a positive int, got {recurrence!r}")
+    backbone = deep_stem_resnet(depth, inplace_abn=True, pretrained=pretrained_backbone)
+    return Segmentor(backbone, RCCAModule(2048, num_classes, recurrence=recurrence),
+                     aux_head=AuxHead(1024, 512, num_classes, act="abn", dropout=0.1), align_corners=True)
+
+
+@register_model(cfg=_CFG, layouts=(CCNET,))
+def ccnet_r50(num_classes: int = 19, recurrence: int = 2, **kwargs) -> Segmentor:
+    """CCNet, dilated ResNet-50 (deep stem, OS8, InPlaceABN), criss-cross attention applied ``recurrence`` times.
+
+    ``recurrence`` (R, default 2) is a property of the forward, not of the weights; it is kept as
+    ``model.head.recurrence``. No released Cityscapes weights.
+    """
+    return _ccnet(50, num_classes, recurrence, **kwargs)
+
+
+@register_model(cfg=_CFG, layouts=(CCNET,))
+def ccnet_r101(num_classes: int = 19, recurrence: int = 2, **kwargs) -> Segmentor:
+    """CCNet, dilated ResNet-101 (deep stem, OS8, InPlaceABN), criss-cross attention applied ``recurrence`` times.
+
+    ``recurrence`` (R, default 2) is a property of the forward, not of the weights; it is kept as
+    ``model.head.recurrence``. The released models use R = 2 (``ccnet_r101_cityscapes``, ``..._ohem_...``) and
+    R = 1 (``ccnet_r101_r1_cityscapes``); the manifest passes the right R.
+    """
+    return _ccnet(101, num_classes, recurrence, **kwargs)

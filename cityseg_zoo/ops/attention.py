@@ -1,0 +1,104 @@
+"""DANet's position and channel attention modules (Fu et al., CVPR 2019; models.md §4).
+
+Both follow junfu1115/DANet ``PAM_Module`` / ``CAM_Module`` and keep their parameter names
+(``query_conv``, ``key_conv``, ``value_conv``, ``gamma``), so reference checkpoints load as they are.
+
+Position attention over the N = H·W positions of ``x`` (queries q = W_q x, keys k = W_k x, values v = W_v x)::
+
+    E_ij = q_i · k_j                (plain dot product: no 1/sqrt(d) scaling)
+    A_ij = exp(E_ij) / Σ_j exp(E_ij)
+    y_i  = γ · Σ_j A_ij v_j + x_i
+
+Channel attention over the C channels of ``x`` itself (no convolutions)::
+
+    E   = X Xᵀ                      (C × C, X = x reshaped to C × N)
+    E'  = rowmax(E) − E
+    A   = softmax(E', last dim)
+    y   = γ · A X + x
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Above this many positions the N × N attention matrix is not materialised (4096² fp32 = 64 MiB per image):
+# a 768 crop has N = 96² = 9216 at 1/8 (340 MiB per image), a 1024x2048 frame N = 32768 (4.3 GiB per image).
+EXPLICIT_MAX_POSITIONS = 4096
+# Entries of E computed at once by the chunked path (2^24 fp32 = 64 MiB per image).
+CHUNK_ENTRIES = 1 << 24
+
+
+def position_attention_explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``out[:, :, i] = Σ_j softmax_j(q_i · k_j) v[:, :, j]``, with the whole N × N matrix, as the reference does.
+
+    Args: ``q``, ``k``: ``[B, Cq, N]``; ``v``: ``[B, Cv, N]``. Returns ``[B, Cv, N]``.
+    """
+    energy = torch.bmm(q.transpose(1, 2), k)              # [B, N, N], E_ij = q_i · k_j
+    attention = torch.softmax(energy, dim=-1)              # normalised over the keys j
+    return torch.bmm(v, attention.transpose(1, 2))         # [B, Cv, N]
+
+
+def position_attention_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                               chunk_entries: int = CHUNK_ENTRIES) -> torch.Tensor:
+    """Same result as :func:`position_attention_explicit`, never holding more than ``chunk_entries`` of E.
+
+    Each softmax row involves one query only, so splitting the queries into chunks is exact; the memory is
+    O(chunk · N) instead of O(N²).
+    """
+    n = q.shape[-1]
+    chunk = max(1, chunk_entries // n)
+    outputs = [position_attention_explicit(q[:, :, start:start + chunk], k, v) for start in range(0, n, chunk)]
+    return torch.cat(outputs, dim=-1)
+
+
+def position_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       memory_light: bool | None = None) -> torch.Tensor:
+    """Position attention; ``memory_light=None`` picks the chunked path when N > ``EXPLICIT_MAX_POSITIONS``."""
+    if memory_light is None:
+        memory_light = q.shape[-1] > EXPLICIT_MAX_POSITIONS
+    return position_attention_chunked(q, k, v) if memory_light else position_attention_explicit(q, k, v)
+
+
+class PositionAttention(nn.Module):
+    """DANet PAM: ``y = γ · Σ_j softmax_j(q_i · k_j) v_j + x`` with q, k of ``in_ch // 8`` channels.
+
+    ``memory_light``: ``None`` (automatic, by the number of positions), ``True`` or ``False``.
+    """
+
+    def __init__(self, in_ch: int, memory_light: bool | None = None):
+        super().__init__()
+        self.query_conv = nn.Conv2d(in_ch, in_ch // 8, 1)
+        self.key_conv = nn.Conv2d(in_ch, in_ch // 8, 1)
+        self.value_conv = nn.Conv2d(in_ch, in_ch, 1)
+        self.gamma = nn.Parameter(torch.zeros(1))
+        self.memory_light = memory_light
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q = self.query_conv(x).flatten(2)
+        k = self.key_conv(x).flatten(2)
+        v = self.value_conv(x).flatten(2)
+        out = position_attention(q, k, v, self.memory_light).view(b, c, h, w)
+        return self.gamma * out + x
+
+
+def channel_attention(x: torch.Tensor) -> torch.Tensor:
+    """``softmax(rowmax(E) − E) X`` with ``E = X Xᵀ`` over the channels of ``x`` ``[B, C, H, W]``."""
+    b, c, h, w = x.shape
+    feats = x.view(b, c, -1)                                      # X: [B, C, N]
+    energy = torch.bmm(feats, feats.transpose(1, 2))              # E = X Xᵀ: [B, C, C]
+    # rowmax(E) − E as the reference writes it; softmax is shift-invariant, so this is softmax(−E).
+    energy_new = energy.max(dim=-1, keepdim=True)[0].expand_as(energy) - energy
+    attention = torch.softmax(energy_new, dim=-1)
+    return torch.bmm(attention, feats).view(b, c, h, w)
+
+
+class ChannelAttention(nn.Module):
+    """DANet CAM: ``y = γ · softmax(rowmax(E) − E) X + x``, ``E = X Xᵀ``; no convolutions, only ``gamma``."""
+
+    def __init__(self):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gamma * channel_attention(x) + x

@@ -12,10 +12,8 @@ from .data.cityscapes import CLASS_NAMES, NUM_CLASSES, PALETTE
 from .errors import CheckpointError, WeightsUnavailableError
 from .hub.checkpoint import read_state_dict
 from .hub.convert import Layout, load_converted
+from .hub.download import fetch_weights
 from .registry import ModelEntry, resolve, weights_for
-
-WEIGHTS_DIR_ENV = "CITYSEG_ZOO_WEIGHTS_DIR"
-
 
 def _pretrained_cfg(entry: ModelEntry, weight: dict | None, num_classes: int) -> dict:
     cfg = {"architecture": entry.name, "weights": None, **entry.cfg, "num_classes": num_classes}
@@ -68,7 +66,7 @@ def _is_weight_name(text: str) -> bool:
 
 
 def _locate_weights(entry: ModelEntry, weight: dict | None) -> Path:
-    """Find a weight file on disk (``$CITYSEG_ZOO_WEIGHTS_DIR``), or say exactly what is missing."""
+    """A verified local file of ``weight`` (the architecture's default when ``None``), fetched if needed."""
     if weight is None:
         released = weights_for(entry.name)
         if not released:
@@ -80,15 +78,7 @@ def _locate_weights(entry: ModelEntry, weight: dict | None) -> Path:
         raise WeightsUnavailableError(
             f"no weights were ever released for {weight['name']!r}: {weight.get('note', '')} "
             "Use pretrained=False (random init) or pass your own checkpoint path.")
-    filename = weight["filename"]
-    search = [Path(d) for d in os.environ.get(WEIGHTS_DIR_ENV, "").split(os.pathsep) if d]
-    for folder in search:
-        if (folder / filename).is_file():
-            return folder / filename
-    where = "; ".join(s.get("url") or s.get("id", "") for s in weight["sources"])
-    raise WeightsUnavailableError(
-        f"weights {weight['name']!r} ({filename}) are not on this machine. Download them from: {where}; then put "
-        f"the file in a folder named by ${WEIGHTS_DIR_ENV} or pass pretrained='path/to/{filename}'.")
+    return fetch_weights(weight)
 
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike, layout: str | None = None,

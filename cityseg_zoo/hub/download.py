@@ -1,0 +1,241 @@
+"""Fetching weight files: sources in order, verified, atomic, one download per file across processes.
+
+Where a file is looked for, in order:
+1. folders named by ``$CITYSEG_ZOO_WEIGHTS_DIR`` (``os.pathsep``-separated): files the user put there by hand.
+   They are verified too, but never deleted or replaced.
+2. the cache, ``$CITYSEG_ZOO_CACHE`` (default ``~/.cache/cityseg_zoo``): verified on every read; a bad file there is
+   deleted and downloaded again once.
+3. the mirror (``mirror=`` or ``$CITYSEG_ZOO_MIRROR``: a base URL or a local folder holding ``<filename>``), then
+   the manifest's sources in order: direct HTTP(S), Google Drive (with its large-file confirm page), Hugging Face
+   (through ``hf_hub_download``, which owns its cache, locks and ``HF_ENDPOINT``).
+
+Offline (``offline=True``, ``$CITYSEG_ZOO_OFFLINE=1`` or ``$HF_HUB_OFFLINE=1``) stops at step 2 with a message that
+names the file and where to get it. Downloads go to a temporary file in the cache folder and are renamed into place
+only after the size and sha256 check, under a file lock, so a killed process never leaves a file a later run
+trusts, and concurrent processes download once.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from urllib.parse import urljoin
+
+import requests
+from filelock import FileLock  # a dependency of huggingface_hub
+
+from ..errors import CheckpointError, WeightsUnavailableError
+
+WEIGHTS_DIR_ENV = "CITYSEG_ZOO_WEIGHTS_DIR"
+CACHE_ENV = "CITYSEG_ZOO_CACHE"
+MIRROR_ENV = "CITYSEG_ZOO_MIRROR"
+OFFLINE_ENVS = ("CITYSEG_ZOO_OFFLINE", "HF_HUB_OFFLINE")
+CHUNK = 1 << 20
+
+
+class HashMismatchError(CheckpointError):
+    """A weight file whose size or sha256 differs from the manifest."""
+
+
+def cache_dir() -> Path:
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cityseg_zoo"
+    return Path(os.environ.get(CACHE_ENV, default))
+
+
+def is_offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in OFFLINE_ENVS)
+
+
+def sha256sum(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(path: Path, weight: dict) -> str:
+    """Check size and sha256 (full, or the documented prefix) of ``path``; return the full sha256.
+
+    A weight with neither is trust-on-first-use: it warns, and the hash seen first is what later reads must match
+    (kept beside the cached file as ``<file>.sha256``).
+    """
+    size = path.stat().st_size
+    if weight.get("size") is not None and size != weight["size"]:
+        raise HashMismatchError(f"{path}: size {size} bytes, manifest says {weight['size']} for {weight['name']!r}")
+    actual = sha256sum(path)
+    expected = weight.get("sha256") or weight.get("sha256_prefix")
+    if expected is None:
+        pinned = path.with_name(path.name + ".sha256")
+        if pinned.is_file():
+            expected = pinned.read_text().strip()
+        else:
+            warnings.warn(f"{weight['name']!r} has no published hash: trusting {path.name} on first use "
+                          f"(sha256 {actual})", stacklevel=3)
+            return actual
+    if not actual.startswith(expected.lower()):
+        raise HashMismatchError(f"{path}: sha256 {actual} does not match {expected} expected for {weight['name']!r}")
+    return actual
+
+
+def _pin_first_use(path: Path, weight: dict, digest: str) -> None:
+    if not (weight.get("sha256") or weight.get("sha256_prefix")):
+        path.with_name(path.name + ".sha256").write_text(digest + "\n")
+
+
+def _http_get(url: str, dest: Path, progress: bool, session: requests.Session | None = None,
+              params: dict | None = None) -> requests.Response:
+    session = session or requests.Session()
+    with session.get(url, params=params, stream=True, timeout=(10, 60)) as response:
+        response.raise_for_status()
+        if "text/html" in response.headers.get("Content-Type", ""):
+            response.content  # read the page before the stream closes; the caller decides (Google Drive)
+            return response
+        total = int(response.headers.get("Content-Length") or 0) or None
+        from tqdm.auto import tqdm
+        written = 0
+        with open(dest, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, desc=dest.name.split(".tmp")[0],
+                                         disable=not progress) as bar:
+            for block in response.iter_content(CHUNK):
+                f.write(block)
+                written += len(block)
+                bar.update(len(block))
+        if total is not None and written != total:
+            raise IOError(f"connection closed after {written} of {total} bytes")
+        return response
+
+
+def _google_drive(source: dict, dest: Path, progress: bool) -> None:
+    """Google Drive: large files answer with an HTML page whose form carries a ``confirm`` token."""
+    session = requests.Session()
+    url = source.get("url") or f"https://drive.google.com/uc?export=download&id={source['id']}"
+    response = _http_get(url, dest, progress, session, params={"export": "download"})
+    if "text/html" not in response.headers.get("Content-Type", ""):
+        return
+    page = response.text
+    form = re.search(r'<form[^>]*id="download-form"[^>]*action="([^"]+)"', page)
+    fields = dict(re.findall(r'<input[^>]*type="hidden"[^>]*name="([^"]+)"[^>]*value="([^"]*)"', page))
+    token = fields.get("confirm") or next((v for k, v in response.cookies.items()
+                                           if k.startswith("download_warning")), None)
+    if token is None:
+        match = re.search(r"confirm=([0-9A-Za-z_-]+)", page)
+        token = match.group(1) if match else None
+    if token is None:
+        raise IOError("Google Drive answered with a page that has no download confirmation (quota exceeded, "
+                      "file removed, or access denied)")
+    action = urljoin(url, form.group(1).replace("&amp;", "&")) if form else url
+    fields.setdefault("id", source.get("id", ""))
+    fields["confirm"] = token
+    response = _http_get(action, dest, progress, session, params=fields)
+    if "text/html" in response.headers.get("Content-Type", ""):
+        raise IOError("Google Drive returned a web page instead of the file after confirmation")
+
+
+def _hugging_face(source: dict, progress: bool) -> Path:
+    from huggingface_hub import hf_hub_download
+    try:
+        return Path(hf_hub_download(source["repo_id"], source["filename"], revision=source.get("revision"),
+                                    cache_dir=cache_dir() / "huggingface", endpoint=os.environ.get("HF_ENDPOINT")))
+    except Exception as err:  # huggingface_hub's own HTTP/offline/not-found errors
+        raise IOError(f"{type(err).__name__}: {err}") from err
+
+
+def _describe(source: dict) -> str:
+    if source["kind"] == "huggingface":
+        return f"hf://{source['repo_id']}/{source['filename']}@{source.get('revision', 'main')}"
+    return source.get("url") or source.get("path") or source.get("id", "?")
+
+
+def _mirror_source(mirror: str, filename: str) -> dict:
+    if re.match(r"^https?://", mirror):
+        return {"kind": "http", "url": mirror.rstrip("/") + "/" + filename}
+    return {"kind": "local", "path": str(Path(mirror) / filename)}
+
+
+def where_to_get(weight: dict) -> str:
+    return "; ".join(_describe(s) for s in weight.get("sources", [])) or "nowhere (never released)"
+
+
+def fetch_weights(weight: dict, *, mirror: str | None = None, offline: bool | None = None,
+                  progress: bool = True) -> Path:
+    """Return a verified local path of ``weight``'s file, downloading it if needed (see module docstring)."""
+    filename = weight["filename"]
+    for folder in [Path(d) for d in os.environ.get(WEIGHTS_DIR_ENV, "").split(os.pathsep) if d]:
+        if (folder / filename).is_file():
+            verify(folder / filename, weight)  # a user's file is checked but never deleted
+            return folder / filename
+
+    target = cache_dir() / "weights" / filename
+    target.parent.mkdir(parents=True, exist_ok=True)
+    offline = is_offline() if offline is None else offline
+    mirror = mirror if mirror is not None else os.environ.get(MIRROR_ENV)
+    with FileLock(str(target) + ".lock"):
+        if target.is_file():
+            try:
+                verify(target, weight)
+                return target
+            except HashMismatchError as err:
+                warnings.warn(f"{err}; downloading it again", stacklevel=2)
+                target.unlink()
+        if offline:
+            raise WeightsUnavailableError(
+                f"offline and {filename} ({weight['name']}) is not cached in {target.parent}. On a machine with "
+                f"internet run `cityseg-zoo download {weight['name']}` or fetch it from {where_to_get(weight)}, "
+                f"then copy it into {target.parent} or a folder named by ${WEIGHTS_DIR_ENV}.")
+        sources = ([_mirror_source(mirror, filename)] if mirror else []) + list(weight.get("sources", []))
+        failures, mismatched = [], False
+        for source in sources:
+            try:
+                return _fetch_one(source, target, weight, progress)
+            except HashMismatchError as err:
+                mismatched = True
+                failures.append(f"{_describe(source)}: {err}")
+            except (requests.RequestException, OSError) as err:
+                failures.append(f"{_describe(source)}: {type(err).__name__}: {err}")
+        error = HashMismatchError if mismatched else WeightsUnavailableError
+        raise error(f"could not get a verified {filename} ({weight['name']}): " + " | ".join(failures))
+
+
+def _fetch_one(source: dict, target: Path, weight: dict, progress: bool) -> Path:
+    kind = source["kind"]
+    if kind == "huggingface":
+        path = _hugging_face(source, progress)
+        _install(path, target, weight, copy=True)
+        return target
+    if kind == "local":
+        _install(Path(source["path"]), target, weight, copy=True)
+        return target
+    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        if kind == "google_drive":
+            _google_drive(source, tmp, progress)
+        elif kind == "http":
+            _http_get(source["url"], tmp, progress)
+        else:
+            raise ValueError(f"unknown source kind {kind!r}")
+        _install(tmp, target, weight, copy=False)
+        return target
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _install(path: Path, target: Path, weight: dict, copy: bool) -> None:
+    """Verify ``path`` and atomically put it (moved, or copied through a temp file) at ``target``."""
+    digest = verify(path, weight)
+    if copy:
+        fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        try:
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, target)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    else:
+        os.replace(path, target)
+    _pin_first_use(target, weight, digest)

@@ -1,0 +1,82 @@
+"""OCNet (Yuan & Wang, OCNet: Object Context Network for Scene Parsing, arXiv 1809.00916): Base-OC and ASP-OC.
+
+As in openseg-group/OCNet.pytorch (models.md §6): dilated deep-stem ResNet (InPlaceABN, layer4 dilation 4/4/4)
+-> conv3x3 (bias) -> ABN -> object context module -> classifier, with a layer3 auxiliary head. The reference
+returns ``[aux, main]``; the zoo's output is the main prediction.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..data.normalization import OCNET_RGB
+from ..hub.convert import Layout
+from ..ops.norm import conv_bn_act
+from ..ops.object_context import ASPOC, BaseOC
+from ..registry import register_model
+from ..segmentor import AuxHead, Segmentor
+from .common import FLAT_STEM_RULES, arch_cfg, deep_stem_resnet
+
+
+class OCHead(nn.Module):
+    """conv3x3 (bias) -> ABN -> object context module (Base-OC or ASP-OC) -> conv1x1 classifier."""
+
+    def __init__(self, context_module: nn.Module, num_classes: int, in_ch: int = 2048, mid_ch: int = 512):
+        super().__init__()
+        self.context = nn.Sequential(*conv_bn_act(in_ch, mid_ch, 3, bias=True, act="abn"), context_module)
+        self.cls = nn.Conv2d(mid_ch, num_classes, 1)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.cls(self.context(features[-1]))
+
+
+OCNET = Layout(
+    "ocnet",
+    rules=FLAT_STEM_RULES + ((r"^context\.", "head.context."), (r"^cls\.", "head.cls."), (r"^dsn\.", "aux_head.")),
+    # `f_query` is `f_key` in the reference, so its state dict holds every key-transform tensor twice.
+    aliases=((r"^(.*)\.f_query\.", r"\1.f_key."),),
+    description="openseg-group/OCNet.pytorch@679a45b network/resnet101_{base,asp}_oc.py (bare state dict)",
+)
+
+_PAPER = "Yuan & Wang, OCNet: Object Context Network for Scene Parsing, arXiv 1809.00916 (2018)"
+_BASE_CFG = arch_cfg(reference="openseg-group/OCNet.pytorch@679a45b network/resnet101_base_oc.py",
+                     input=OCNET_RGB, eval_protocol="whole image, single scale", paper=_PAPER)
+_ASP_CFG = arch_cfg(reference="openseg-group/OCNet.pytorch@679a45b network/resnet101_asp_oc.py",
+                    input=OCNET_RGB, eval_protocol="whole image, single scale", paper=_PAPER)
+
+# ASP-OC max-pools the 1/8 map by 2 before attention, so that map needs sides >= 2: input sides >= 7.
+ASP_OC_MIN_INPUT_SIZE = 7
+
+
+def _ocnet(depth: int, num_classes: int, variant: str, pretrained_backbone: bool = False) -> Segmentor:
+    backbone = deep_stem_resnet(depth, inplace_abn=True, pretrained=pretrained_backbone)
+    if variant == "base":
+        context, dsn_dropout, min_size = BaseOC(512, 512, key_ch=256, value_ch=256, dropout=0.05), 0.05, 1
+    else:
+        context, dsn_dropout, min_size = ASPOC(512, 256, dilations=(12, 24, 36)), 0.10, ASP_OC_MIN_INPUT_SIZE
+    aux = AuxHead(1024, 512, num_classes, act="abn", dropout=dsn_dropout)
+    return Segmentor(backbone, OCHead(context, num_classes), aux_head=aux, min_input_size=min_size)
+
+
+@register_model(cfg=_BASE_CFG, layouts=(OCNET,))
+def ocnet_base_r50(num_classes: int = 19, **kwargs) -> Segmentor:
+    """OCNet Base-OC, dilated ResNet-50 (deep stem, OS8, InPlaceABN). No released weights in OCNet.pytorch."""
+    return _ocnet(50, num_classes, "base", **kwargs)
+
+
+@register_model(cfg=_BASE_CFG, layouts=(OCNET,))
+def ocnet_base_r101(num_classes: int = 19, **kwargs) -> Segmentor:
+    """OCNet Base-OC, dilated ResNet-101 (deep stem, OS8, InPlaceABN). No released weights in OCNet.pytorch."""
+    return _ocnet(101, num_classes, "base", **kwargs)
+
+
+@register_model(cfg=_ASP_CFG, layouts=(OCNET,))
+def ocnet_asp_r50(num_classes: int = 19, **kwargs) -> Segmentor:
+    """OCNet ASP-OC, dilated ResNet-50 (deep stem, OS8, InPlaceABN); input sides >= 7 px. No released weights."""
+    return _ocnet(50, num_classes, "asp", **kwargs)
+
+
+@register_model(cfg=_ASP_CFG, layouts=(OCNET,))
+def ocnet_asp_r101(num_classes: int = 19, **kwargs) -> Segmentor:
+    """OCNet ASP-OC, dilated ResNet-101 (deep stem, OS8, InPlaceABN); input sides >= 7 px. No released weights."""
+    return _ocnet(101, num_classes, "asp", **kwargs)

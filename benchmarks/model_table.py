@@ -26,6 +26,12 @@ def count(name: str, size: tuple[int, int]) -> tuple[float, float]:
     return params, counter.get_total_flops() / 1e9
 
 
+def _metrics(weight: dict) -> str:
+    numbers = [f"{k.replace('_miou', '').replace('_', ' ')} {v}" for k, v in weight.get("reported", {}).items()
+               if k != "note"]
+    return ", ".join(numbers) or "not stated"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, nargs=2, default=(1024, 2048))
@@ -39,8 +45,7 @@ def main() -> None:
         weights = weights_for(name)
         released = [w for w in weights if w.get("sources")]
         source = ", ".join(f"`{w['name']}`" for w in released) or "none released"
-        reported = "; ".join(f"{w['name'].removeprefix(name + '_')}: " + ", ".join(
-            f"{k} {v}" for k, v in w.get("reported", {}).items() if k != "note") for w in weights) or "-"
+        reported = "; ".join(f"{w['name'].removeprefix(name + '_')}: {_metrics(w)}" for w in weights) or "-"
         print(f"| `{name}` | {params:.1f} | {gflops:.0f} | {cfg['reference']} | {source} | {reported} |")
 
 

@@ -9,11 +9,12 @@ import torch
 from torch import nn
 
 from .data.cityscapes import CLASS_NAMES, NUM_CLASSES, PALETTE
-from .errors import CheckpointError, WeightsUnavailableError
+from .errors import CheckpointError, UnknownModelError, WeightsUnavailableError
 from .hub.checkpoint import read_state_dict
 from .hub.convert import Layout, load_converted
 from .hub.download import fetch_weights
 from .registry import ModelEntry, resolve, weights_for
+
 
 def _pretrained_cfg(entry: ModelEntry, weight: dict | None, num_classes: int) -> dict:
     cfg = {"architecture": entry.name, "weights": None, **entry.cfg, "num_classes": num_classes}
@@ -61,7 +62,7 @@ def create_model(name: str, pretrained: bool | str | os.PathLike = False, num_cl
 def _is_weight_name(text: str) -> bool:
     try:
         return resolve(text)[1] is not None
-    except Exception:
+    except UnknownModelError:
         return False
 
 
@@ -96,9 +97,9 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, layout: str | Non
         if not layouts:
             raise CheckpointError(f"unknown layout {layout!r} for {model.pretrained_cfg['architecture']}")
     report = load_converted(model, state_dict, layouts, source=str(path), reinit_classifier=reinit_classifier)
-    if report.missing:
+    if report.reinitialized:
         warnings.warn(f"re-initialised for num_classes={model.pretrained_cfg['num_classes']}: "
-                      f"{', '.join(report.missing)}", stacklevel=2)
+                      f"{', '.join(report.reinitialized)}", stacklevel=2)
     model.pretrained_cfg["checkpoint"] = {"path": str(path), "layout": report.layout}
     return model
 

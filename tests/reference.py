@@ -102,7 +102,6 @@ def check_golden(arch: str, golden: str, container: str, tmp_path: Path, output:
     import cityseg_zoo
     path = save_container(reference_state_dict(keys or f"{golden}", aliases), tmp_path / f"{golden}.pth", container)
     model = cityseg_zoo.create_model(arch, pretrained=str(path), **model_kwargs).eval()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     with torch.no_grad():
         x = golden_input()
         out = model.forward_logits_lowres(x) if output == "lowres" else model(x)

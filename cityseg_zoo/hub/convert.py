@@ -54,6 +54,7 @@ class ConversionReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     shape_mismatch: list[str] = field(default_factory=list)
+    reinitialized: list[str] = field(default_factory=list)   # classifier keys kept fresh for a new num_classes
 
     @property
     def ok(self) -> bool:
@@ -143,7 +144,7 @@ def load_converted(model: nn.Module, state_dict: dict[str, torch.Tensor], layout
         converted, report = convert_state_dict(state_dict, layout, model_state, ignore)
         if report.ok:
             model.load_state_dict(converted, strict=not ignore)
-            report.missing = sorted(ignore - set(converted))  # re-initialised layers, for the caller to report
+            report.reinitialized = sorted(ignore - set(converted))
             return report
         reports.append(report)
     best = min(reports, key=lambda r: r.n_problems)

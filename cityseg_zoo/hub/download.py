@@ -22,6 +22,7 @@ import re
 import shutil
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urljoin
 
@@ -135,7 +136,7 @@ def _google_drive(source: dict, dest: Path, progress: bool) -> None:
         raise IOError("Google Drive returned a web page instead of the file after confirmation")
 
 
-def _hugging_face(source: dict, progress: bool) -> Path:
+def _hugging_face(source: dict) -> Path:
     from huggingface_hub import hf_hub_download
     try:
         return Path(hf_hub_download(source["repo_id"], source["filename"], revision=source.get("revision"),
@@ -200,42 +201,32 @@ def fetch_weights(weight: dict, *, mirror: str | None = None, offline: bool | No
         raise error(f"could not get a verified {filename} ({weight['name']}): " + " | ".join(failures))
 
 
-def _fetch_one(source: dict, target: Path, weight: dict, progress: bool) -> Path:
-    kind = source["kind"]
-    if kind == "huggingface":
-        path = _hugging_face(source, progress)
-        _install(path, target, weight, copy=True)
-        return target
-    if kind == "local":
-        _install(Path(source["path"]), target, weight, copy=True)
-        return target
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
+@contextmanager
+def _temporary_beside(target: Path):
+    """A temporary file in ``target``'s folder (same filesystem, so ``os.replace`` is atomic); removed on exit."""
+    fd, name = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
     os.close(fd)
-    tmp = Path(tmp)
     try:
-        if kind == "google_drive":
-            _google_drive(source, tmp, progress)
-        elif kind == "http":
+        yield Path(name)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def _fetch_one(source: dict, target: Path, weight: dict, progress: bool) -> Path:
+    """Put ``source``'s bytes in a temporary file, verify them, then rename the file to ``target``."""
+    kind = source["kind"]
+    with _temporary_beside(target) as tmp:
+        if kind == "http":
             _http_get(source["url"], tmp, progress)
+        elif kind == "google_drive":
+            _google_drive(source, tmp, progress)
+        elif kind == "huggingface":
+            shutil.copyfile(_hugging_face(source), tmp)  # hf keeps its own copy in its cache
+        elif kind == "local":
+            shutil.copyfile(source["path"], tmp)
         else:
             raise ValueError(f"unknown source kind {kind!r}")
-        _install(tmp, target, weight, copy=False)
-        return target
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _install(path: Path, target: Path, weight: dict, copy: bool) -> None:
-    """Verify ``path`` and atomically put it (moved, or copied through a temp file) at ``target``."""
-    digest = verify(path, weight)
-    if copy:
-        fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        try:
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, target)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-    else:
-        os.replace(path, target)
+        digest = verify(tmp, weight)
+        os.replace(tmp, target)
     _pin_first_use(target, weight, digest)
+    return target

@@ -198,7 +198,9 @@ def fetch_weights(weight: dict, *, mirror: str | None = None, offline: bool | No
             except (requests.RequestException, OSError) as err:
                 failures.append(f"{_describe(source)}: {type(err).__name__}: {err}")
         error = HashMismatchError if mismatched else WeightsUnavailableError
-        raise error(f"could not get a verified {filename} ({weight['name']}): " + " | ".join(failures))
+        raise error(f"could not get a verified {filename} ({weight['name']}): " + " | ".join(failures)
+                    + f". To install it by hand, download {filename} from {where_to_get(weight)} and put it in a "
+                    f"folder named by ${WEIGHTS_DIR_ENV}, or pass pretrained='path/to/{filename}'.")
 
 
 @contextmanager

@@ -1,0 +1,5 @@
+"""`cityseg-zoo benchmark` (being written; see the issue that owns it)."""
+
+
+def register(subparsers) -> None:
+    pass

@@ -1,0 +1,5 @@
+"""``cityseg-zoo list | info | download | convert``: the model and weight catalogue, fetching and converting."""
+
+
+def register(subparsers) -> None:
+    pass

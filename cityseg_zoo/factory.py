@@ -12,7 +12,7 @@ from .data.cityscapes import CLASS_NAMES, NUM_CLASSES, PALETTE
 from .errors import CheckpointError, UnknownModelError, WeightsUnavailableError
 from .hub.checkpoint import read_state_dict
 from .hub.convert import Layout, load_converted
-from .hub.download import fetch_weights
+from .hub.weights import weight_file
 from .registry import ModelEntry, resolve, weights_for
 
 
@@ -26,8 +26,8 @@ def _pretrained_cfg(entry: ModelEntry, weight: dict | None, num_classes: int) ->
     return cfg
 
 
-def create_model(name: str, pretrained: bool | str | os.PathLike = False, num_classes: int | None = None,
-                 **kwargs) -> nn.Module:
+def create_model(name: str, pretrained: bool | str | os.PathLike = False, num_classes: int | None = None, *,
+                 pretrained_backbone: bool = False, mirror: str | None = None, **kwargs) -> nn.Module:
     """Build a zoo model by architecture name (``danet_r101``) or weight name (``danet_r101_cityscapes``).
 
     Args:
@@ -36,6 +36,10 @@ def create_model(name: str, pretrained: bool | str | os.PathLike = False, num_cl
             path in any supported layout (reference repos' containers, or the zoo's safetensors).
         num_classes: defaults to 19 (Cityscapes). With pretrained weights and a different count, every layer but
             the classifiers is loaded and the re-initialised layers are reported in a warning.
+        pretrained_backbone: load timm's ImageNet weights into the backbone only (to train from ImageNet);
+            fetched by timm through huggingface_hub (its cache, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``).
+        mirror: a base URL or local folder tried before the manifest's sources (default
+            ``$CITYSEG_ZOO_MIRROR``).
         kwargs: passed to the architecture builder (e.g. ``recurrence=1`` for CCNet).
     """
     entry, weight = resolve(name)
@@ -44,15 +48,19 @@ def create_model(name: str, pretrained: bool | str | os.PathLike = False, num_cl
     model = entry.builder(num_classes=n, **kwargs)
     model.pretrained_cfg = _pretrained_cfg(entry, weight, n)
     if pretrained is False or pretrained is None:
+        if pretrained_backbone:
+            load_backbone_imagenet(model)
         return model
+    if pretrained_backbone:
+        raise ValueError("pass either pretrained (whole-model weights) or pretrained_backbone=True, not both")
     if pretrained is True:
-        path = _locate_weights(entry, weight)
+        path = _locate_weights(entry, weight, mirror)
     elif isinstance(pretrained, str) and not os.path.exists(pretrained) and _is_weight_name(pretrained):
         weight = resolve(pretrained)[1]
         if weight["architecture"] != entry.name:
             raise CheckpointError(f"weights {pretrained!r} are for {weight['architecture']!r}, not {entry.name!r}")
         model.pretrained_cfg = _pretrained_cfg(entry, weight, n)
-        path = _locate_weights(entry, weight)
+        path = _locate_weights(entry, weight, mirror)
     else:
         path = Path(pretrained)
     load_checkpoint(model, path, reinit_classifier=num_classes is not None)
@@ -66,8 +74,9 @@ def _is_weight_name(text: str) -> bool:
         return False
 
 
-def _locate_weights(entry: ModelEntry, weight: dict | None) -> Path:
-    """A verified local file of ``weight`` (the architecture's default when ``None``), fetched if needed."""
+def _locate_weights(entry: ModelEntry, weight: dict | None, mirror: str | None = None) -> Path:
+    """A verified safetensors file of ``weight`` (the architecture's default when ``None``), fetched and converted
+    if needed."""
     if weight is None:
         released = weights_for(entry.name)
         if not released:
@@ -79,7 +88,7 @@ def _locate_weights(entry: ModelEntry, weight: dict | None) -> Path:
         raise WeightsUnavailableError(
             f"no weights were ever released for {weight['name']!r}: {weight.get('note', '')} "
             "Use pretrained=False (random init) or pass your own checkpoint path.")
-    return fetch_weights(weight)
+    return weight_file(weight, mirror=mirror)
 
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike, layout: str | None = None,
@@ -101,6 +110,30 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, layout: str | Non
         warnings.warn(f"re-initialised for num_classes={model.pretrained_cfg['num_classes']}: "
                       f"{', '.join(report.reinitialized)}", stacklevel=2)
     model.pretrained_cfg["checkpoint"] = {"path": str(path), "layout": report.layout}
+    return model
+
+
+def load_backbone_imagenet(model: nn.Module) -> nn.Module:
+    """Load timm's ImageNet weights (the variant's default tag) into ``model.backbone``, strictly."""
+    import timm
+    variant = getattr(model.backbone, "timm_variant", None)
+    if variant is None:
+        raise WeightsUnavailableError(
+            f"{model.pretrained_cfg['architecture']}: its backbone ({type(model.backbone).__name__}) has no timm "
+            "ImageNet weights; pretrained_backbone=True works for the ResNet models")
+    try:
+        trunk = timm.create_model(variant, pretrained=True, num_classes=0, global_pool="")
+    except Exception as err:  # timm / huggingface_hub network, offline and not-found errors
+        raise WeightsUnavailableError(f"could not get timm's ImageNet weights of {variant!r}: "
+                                      f"{type(err).__name__}: {err}") from err
+    target = model.backbone.state_dict()
+    # ABN norms (InPlaceABN repos) keep no num_batches_tracked
+    weights = {k: v for k, v in trunk.state_dict().items() if k in target or not k.endswith("num_batches_tracked")}
+    result = model.backbone.load_state_dict(weights, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(f"timm {variant} weights do not fit the backbone: missing {result.missing_keys[:5]}, "
+                              f"unexpected {result.unexpected_keys[:5]}")
+    model.pretrained_cfg["backbone_weights"] = trunk.pretrained_cfg.get("hf_hub_id") or variant
     return model
 
 

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import json
 from dataclasses import dataclass, field
 from functools import lru_cache
-from importlib import resources
 from typing import Callable
 
 from .errors import UnknownModelError
 from .hub.convert import Layout
+from .hub.manifest import load_manifest
 
 
 @dataclass
@@ -46,9 +45,10 @@ def register_model(*, cfg: dict | None = None, layouts: tuple[Layout, ...] = ())
 
 @lru_cache(maxsize=1)
 def weights_manifest() -> dict[str, dict]:
-    """Weight entries by name, read from the manifest shipped inside the package."""
-    text = resources.files("cityseg_zoo").joinpath("weights_manifest.json").read_text(encoding="utf-8")
-    return {entry["name"]: entry for entry in json.loads(text)["weights"]}
+    """Weight entries by name, read from the manifest shipped inside the package and validated against its schema
+    and the registered architectures."""
+    layouts = {name: [lay.name for lay in entry.layouts] for name, entry in _MODELS.items()}
+    return {entry["name"]: entry for entry in load_manifest(layouts)["weights"]}
 
 
 def _suggest(name: str) -> str:

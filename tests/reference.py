@@ -108,3 +108,28 @@ def check_golden(arch: str, golden: str, container: str, tmp_path: Path, output:
     expected = golden_output(golden)
     assert out.shape == expected.shape, f"{arch}: shape {tuple(out.shape)} vs golden {tuple(expected.shape)}"
     return relative_error(out, expected)
+
+
+def manifest_entry(name: str, architecture: str, filename: str, data: bytes, sources: list[dict],
+                   layout: str, **overrides) -> dict:
+    """A schema-valid weight entry for a checkpoint a test serves (full sha256 and size of ``data``)."""
+    import hashlib
+    from cityseg_zoo.registry import get_entry
+    entry = {"name": name, "architecture": architecture, "family": "original", "num_classes": 19,
+             "classes": "cityscapes_trainids", "filename": filename, "format": "pth", "container": "bare",
+             "layout": layout, "sources": sources, "integrity": "sha256",
+             "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
+             "input": json.loads(json.dumps(get_entry(architecture).cfg["input"])),
+             "eval": {"mode": "whole", "crop_size": None, "stride": None, "scales": [1.0], "flip": False},
+             "reported": {}, "license": "test", "citation": "test"}
+    entry.update(overrides)
+    return entry
+
+
+def with_manifest_entries(monkeypatch, *entries: dict) -> None:
+    """Make ``entries`` resolvable by name, after validating them against the manifest schema."""
+    import cityseg_zoo.registry as registry
+    from cityseg_zoo.hub.manifest import SCHEMA_VERSION, validate_manifest
+    validate_manifest({"schema_version": SCHEMA_VERSION, "weights": list(entries)})
+    manifest = {**registry.weights_manifest(), **{e["name"]: e for e in entries}}
+    monkeypatch.setattr(registry, "weights_manifest", lambda: manifest)

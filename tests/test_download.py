@@ -11,7 +11,7 @@ import torch
 from cityseg_zoo import WeightsUnavailableError, create_model
 from cityseg_zoo.hub.download import HashMismatchError, cache_dir, fetch_weights
 from loopback import FileServer, HubServer
-from reference import reference_state_dict, save_container
+from reference import manifest_entry, reference_state_dict, save_container, with_manifest_entries
 
 PAYLOAD = random.Random(0).randbytes(300_000)  # the same bytes in spawned test processes
 
@@ -126,17 +126,14 @@ def test_concurrent_processes_download_one_good_file():
 
 
 def test_create_model_pretrained_true_downloads_and_loads(monkeypatch):
-    import cityseg_zoo.registry as registry
     buffer = io.BytesIO()
     state = reference_state_dict("fcn_ocnet_baseline_r101_original")
     torch.save(state, buffer)
     data = buffer.getvalue()
     with FileServer({"fcn.pth": data}) as server:
-        entry = {"name": "fcn_r101_loopback", "architecture": "fcn_r101", "filename": "fcn.pth",
-                 "sources": [{"kind": "http", "url": f"{server.url}/fcn.pth"}],
-                 "sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "num_classes": 19}
-        manifest = {**registry.weights_manifest(), entry["name"]: entry}
-        monkeypatch.setattr(registry, "weights_manifest", lambda: manifest)
+        with_manifest_entries(monkeypatch, manifest_entry(
+            "fcn_r101_loopback", "fcn_r101", "fcn.pth", data, [{"kind": "http", "url": f"{server.url}/fcn.pth"}],
+            layout="ocnet_baseline"))
         model = create_model("fcn_r101_loopback", pretrained=True)
     assert torch.equal(model.head.classifier.weight, state["layer6.weight"])
     assert model.pretrained_cfg["weights"] == "fcn_r101_loopback"

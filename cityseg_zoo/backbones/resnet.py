@@ -74,4 +74,6 @@ def dilated_resnet(
     _set_dilations(trunk.layer3, layer3_dilations)
     _set_dilations(trunk.layer4, layer4_dilations)
     trunk.maxpool.ceil_mode = ceil_mode_pool
-    return DilatedResNet(trunk)
+    backbone = DilatedResNet(trunk)
+    backbone.timm_variant = variant  # for create_model(..., pretrained_backbone=True)
+    return backbone

@@ -59,11 +59,16 @@ def sha256sum(path: Path) -> str:
     return digest.hexdigest()
 
 
+def pin_path(weight: dict) -> Path:
+    """Where the sha256 seen on first use of a weight without a published hash is kept."""
+    return cache_dir() / "weights" / (weight["filename"] + ".sha256")
+
+
 def verify(path: Path, weight: dict) -> str:
     """Check size and sha256 (full, or the documented prefix) of ``path``; return the full sha256.
 
-    A weight with neither is trust-on-first-use: it warns, and the hash seen first is what later reads must match
-    (kept beside the cached file as ``<file>.sha256``).
+    A weight with neither is trust-on-first-use: it warns, and the hash seen first is what later reads and
+    downloads must match (kept in the cache as ``<filename>.sha256``).
     """
     size = path.stat().st_size
     if weight.get("size") is not None and size != weight["size"]:
@@ -71,21 +76,20 @@ def verify(path: Path, weight: dict) -> str:
     actual = sha256sum(path)
     expected = weight.get("sha256") or weight.get("sha256_prefix")
     if expected is None:
-        pinned = path.with_name(path.name + ".sha256")
-        if pinned.is_file():
-            expected = pinned.read_text().strip()
+        if pin_path(weight).is_file():
+            expected = pin_path(weight).read_text().strip()
         else:
-            warnings.warn(f"{weight['name']!r} has no published hash: trusting {path.name} on first use "
-                          f"(sha256 {actual})", stacklevel=3)
+            warnings.warn(f"{weight['name']!r} has no published hash: trusting {weight['filename']} on first use "
+                          f"(sha256 {actual}); later files must match it", stacklevel=3)
             return actual
     if not actual.startswith(expected.lower()):
         raise HashMismatchError(f"{path}: sha256 {actual} does not match {expected} expected for {weight['name']!r}")
     return actual
 
 
-def _pin_first_use(path: Path, weight: dict, digest: str) -> None:
-    if not (weight.get("sha256") or weight.get("sha256_prefix")):
-        path.with_name(path.name + ".sha256").write_text(digest + "\n")
+def _pin_first_use(weight: dict, digest: str) -> None:
+    if not (weight.get("sha256") or weight.get("sha256_prefix")) and not pin_path(weight).is_file():
+        pin_path(weight).write_text(digest + "\n")
 
 
 def _http_get(url: str, dest: Path, progress: bool, session: requests.Session | None = None,
@@ -230,5 +234,5 @@ def _fetch_one(source: dict, target: Path, weight: dict, progress: bool) -> Path
             raise ValueError(f"unknown source kind {kind!r}")
         digest = verify(tmp, weight)
         os.replace(tmp, target)
-    _pin_first_use(target, weight, digest)
+    _pin_first_use(weight, digest)
     return target

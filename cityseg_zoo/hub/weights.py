@@ -20,8 +20,8 @@ from ..errors import CheckpointError
 from .checkpoint import read_state_dict
 from ..data.cityscapes import NUM_CLASSES
 from .convert import NATIVE, ConversionReport, convert_state_dict
-from .download import (HashMismatchError, _temporary_beside, cache_dir, fetch_weights, is_offline, sha256sum,
-                       verify)
+from .download import (HashMismatchError, _temporary_beside, cache_dir, fetch_weights, is_offline, pin_path,
+                       sha256sum, verify)
 
 FORMAT_TAG = "cityseg_zoo"
 LAYOUT_VERSION = "1"  # bump when the zoo renames its own keys: converted files of another version are redone
@@ -81,14 +81,11 @@ def _check_converted(path: Path, weight: dict) -> None:
         meta = f.metadata() or {}
     if meta.get("format") != FORMAT_TAG or meta.get("layout_version") != LAYOUT_VERSION:
         raise HashMismatchError(f"{path}: written by another zoo layout version ({meta.get('layout_version')})")
-    expected = weight.get("sha256") or weight.get("sha256_prefix") or _pin_of(weight)
+    pin = pin_path(weight)
+    expected = weight.get("sha256") or weight.get("sha256_prefix") or (pin.read_text().strip() if pin.is_file()
+                                                                        else None)
     if meta.get("weights") != weight["name"] or (expected and not meta.get("source_sha256", "").startswith(expected)):
         raise HashMismatchError(f"{path}: converted from a file other than the manifest's {weight['filename']}")
-
-
-def _pin_of(weight: dict) -> str | None:
-    pin = cache_dir() / "weights" / (weight["filename"] + ".sha256")
-    return pin.read_text().strip() if pin.is_file() else None
 
 
 def weight_file(weight: dict, *, mirror: str | None = None, offline: bool | None = None,

@@ -205,3 +205,23 @@ def test_pretrained_backbone_offline_says_what_is_missing(monkeypatch, tmp_path)
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     with pytest.raises(cityseg_zoo.WeightsUnavailableError, match="resnet50s"):
         create_model("fcn_r50", pretrained_backbone=True)
+
+
+# --- every source kind serves every container --------------------------------------------------------------------
+
+@pytest.mark.parametrize("container, kind", [("state_dict", "google_drive"), ("module", "huggingface")])
+def test_reference_containers_load_from_every_source_kind(monkeypatch, tmp_path, fcn_checkpoint, container, kind):
+    state, _ = fcn_checkpoint
+    data = save_container(state, tmp_path / "fcn.pth", container).read_bytes()
+    with FileServer({"fcn.pth": data, "FCNID": data}, gdrive_confirm=(kind == "google_drive")) as files, \
+            HubServer({("org/fcn", "fcn.pth"): data}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        source = {"http": {"kind": "http", "url": f"{files.url}/fcn.pth"},
+                  "google_drive": {"kind": "google_drive", "id": "FCNID", "url": f"{files.url}/uc?id=FCNID"},
+                  "huggingface": {"kind": "huggingface", "repo_id": "org/fcn", "filename": "fcn.pth",
+                                  "revision": "main"}}[kind]
+        with_manifest_entries(monkeypatch, manifest_entry("fcn_r101_loopback", "fcn_r101", "fcn.pth", data,
+                                                          [source], layout="ocnet_baseline", container=container))
+        model = torch.hub.load(str(REPO), "fcn_r101_loopback", source="local", pretrained=True)
+    assert torch.equal(model.head.classifier.weight, state["layer6.weight"])
+    assert model.pretrained_cfg["weights"] == "fcn_r101_loopback"

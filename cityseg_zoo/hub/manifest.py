@@ -48,7 +48,7 @@ _SOURCES = {
                         "note": {"type": "string"}}},
         {"type": "object", "additionalProperties": False, "required": ["kind", "id"],
          "properties": {"kind": {"const": "google_drive"}, "id": {"type": "string", "pattern": "^[0-9A-Za-z_-]+$"},
-                        "url": {"type": "string", "pattern": "^https://"}, "note": {"type": "string"}}},
+                        "url": {"type": "string", "pattern": "^https?://"}, "note": {"type": "string"}}},
         {"type": "object", "additionalProperties": False, "required": ["kind", "repo_id", "filename", "revision"],
          "properties": {"kind": {"const": "huggingface"}, "repo_id": {"type": "string"},
                         "filename": {"type": "string"}, "revision": {"type": "string"},

@@ -48,6 +48,12 @@ def test_shipped_manifest_follows_its_schema():
     validate_manifest(json.loads((REPO / "weights_manifest.json").read_text()), layouts)
 
 
+def test_each_weight_records_the_input_its_architecture_was_built_for():
+    for weight in cityseg_zoo.registry.weights_manifest().values():
+        arch_input = cityseg_zoo.registry.get_entry(weight["architecture"]).cfg["input"]
+        assert json.loads(json.dumps(arch_input)) == weight["input"], weight["name"]
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda e: e.pop("license"), "missing 'license'"),
     (lambda e: e.update(sha256="abc"), "sha256: 'abc' does not match"),

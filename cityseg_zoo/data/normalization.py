@@ -20,6 +20,12 @@ class Normalization:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, cfg: dict) -> "Normalization":
+        """Inverse of :meth:`as_dict`; accepts the JSON form (lists for mean/std) kept in ``pretrained_cfg``."""
+        return cls(channel_order=str(cfg["channel_order"]).upper(), scale=float(cfg["scale"]),
+                   mean=tuple(float(v) for v in cfg["mean"]), std=tuple(float(v) for v in cfg["std"]))
+
     def __call__(self, rgb_uint8: torch.Tensor) -> torch.Tensor:
         """Normalise an RGB image tensor ``[..., 3, H, W]`` of 0-255 values."""
         x = rgb_uint8.float()
@@ -38,3 +44,5 @@ CAFFE_BGR = Normalization("BGR", 1.0, (104.008, 116.669, 122.679), (1.0, 1.0, 1.
 # OCNet.pytorch: BGR image flipped to RGB, 0-255, minus (102.98, 115.95, 122.77), no std. That mean
 # is Caffe's BGR mean, yet the repo subtracts it from RGB channels; kept as trained.
 OCNET_RGB = Normalization("RGB", 1.0, (102.98, 115.95, 122.77), (1.0, 1.0, 1.0))
+# mmsegmentation SegDataPreProcessor: RGB (bgr_to_rgb=True), 0-255, ImageNet mean/std scaled by 255.
+MMSEG_RGB = Normalization("RGB", 1.0, (123.675, 116.28, 103.53), (58.395, 57.12, 57.375))

@@ -37,6 +37,7 @@ _EVAL = {
         "scales": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}, "minItems": 1},
         "flip": {"type": "boolean"},
         "resize": _PAIR,                            # image resized to [h, w] before inference (mmseg's pipeline)
+        "style": {"enum": ["gald", "encoding"]},    # whose sliding window: GALD/CCNet eval.py, PyTorch-Encoding
         "note": {"type": "string"},
     },
 }

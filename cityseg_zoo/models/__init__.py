@@ -9,3 +9,4 @@ from . import danet  # noqa: F401
 from . import ccnet  # noqa: F401
 from . import deeplabv3plus  # noqa: F401
 from . import gffnet  # noqa: F401
+from . import mmseg  # noqa: F401

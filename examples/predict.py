@@ -1,4 +1,4 @@
-"""Predict Cityscapes classes for street images and write trainId and colour PNGs.
+"""Predict Cityscapes classes for street images and write trainId, colour and overlay PNGs.
 
     python examples/predict.py street.png --model dgcnet_r101_cityscapes --out out/
     python examples/predict.py street.png --model dgcnet_r101 --weights path/to/checkpoint.pth --out out/
@@ -6,6 +6,8 @@
 Weights are looked up as ``create_model(..., pretrained=True)`` does (``$CITYSEG_ZOO_WEIGHTS_DIR``); when they are
 not on this machine the script stops with a message naming the file and where to get it.
 ``--random-init`` runs the same pipeline on untrained weights, to check an installation only.
+The prediction follows the weight's own eval protocol (``model.pretrained_cfg["eval"]``) unless ``--mode``,
+``--crop``, ``--scales`` or ``--flip`` say otherwise.
 """
 from __future__ import annotations
 
@@ -13,19 +15,12 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
 from PIL import Image
 
 import cityseg_zoo
-from cityseg_zoo.data.normalization import Normalization
-
-
-def load_rgb(path: Path) -> torch.Tensor:
-    image = Image.open(path)
-    if image.mode != "RGB":  # grayscale, palette or RGBA: the networks were trained on RGB street photos
-        image = image.convert("RGB")
-    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+from cityseg_zoo.data import load_image
+from cityseg_zoo.inference import segment
+from cityseg_zoo.visualize import colorize, overlay
 
 
 def main(argv=None) -> int:
@@ -35,30 +30,29 @@ def main(argv=None) -> int:
     parser.add_argument("--weights", help="local checkpoint (any supported layout)")
     parser.add_argument("--out", type=Path, default=Path("predictions"))
     parser.add_argument("--random-init", action="store_true", help="untrained weights: checks the pipeline only")
+    parser.add_argument("--mode", choices=("whole", "slide"))
+    parser.add_argument("--crop", type=int, help="sliding-window crop side")
+    parser.add_argument("--scales", type=float, nargs="+")
+    parser.add_argument("--flip", action="store_true", default=None)
     args = parser.parse_args(argv)
 
     pretrained = False if args.random_init else (args.weights or True)
     try:
         model = cityseg_zoo.create_model(args.model, pretrained=pretrained).eval()
+        args.out.mkdir(parents=True, exist_ok=True)
+        for path in args.images:
+            image = load_image(path)  # RGB uint8 [3, H, W]; grayscale/RGBA are converted with a warning
+            labels = segment(model, image, mode=args.mode, crop_size=args.crop, scales=args.scales, flip=args.flip)
+            palette = model.pretrained_cfg["palette"]
+            Image.fromarray(labels.byte().numpy()).save(args.out / f"{path.stem}_trainIds.png")
+            Image.fromarray(colorize(labels, palette)).save(args.out / f"{path.stem}_color.png")
+            Image.fromarray(overlay(image, labels, palette)).save(args.out / f"{path.stem}_overlay.png")
+            print(f"{path} -> {args.out / path.stem}_{{trainIds,color,overlay}}.png")
     except cityseg_zoo.CitysegZooError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.random_init:
         print("warning: --random-init: the predictions come from UNTRAINED weights", file=sys.stderr)
-    cfg = model.pretrained_cfg
-    normalize = Normalization(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg["input"].items()})
-    palette = np.array(cfg.get("palette") or cityseg_zoo.data.PALETTE, dtype=np.uint8)
-    args.out.mkdir(parents=True, exist_ok=True)
-    for path in args.images:
-        if not path.is_file():
-            print(f"error: no such image: {path}", file=sys.stderr)
-            return 2
-        x = normalize(load_rgb(path)).unsqueeze(0)
-        with torch.no_grad():
-            labels = model(x).argmax(1)[0].to(torch.uint8).numpy()
-        Image.fromarray(labels).save(args.out / f"{path.stem}_trainIds.png")
-        Image.fromarray(palette[labels]).save(args.out / f"{path.stem}_color.png")
-        print(f"{path} -> {args.out / (path.stem + '_color.png')}")
     return 0
 
 

@@ -47,6 +47,8 @@ def create_model(name: str, pretrained: bool | str | os.PathLike = False, num_cl
     kwargs = {**(weight or {}).get("model_kwargs", {}), **kwargs}  # e.g. CCNet's recurrence of those weights
     model = entry.builder(num_classes=n, **kwargs)
     model.pretrained_cfg = _pretrained_cfg(entry, weight, n)
+    if kwargs:
+        model.pretrained_cfg["model_kwargs"] = kwargs  # to rebuild the same model (save_pretrained, fine-tuning)
     if pretrained is False or pretrained is None:
         if pretrained_backbone:
             load_backbone_imagenet(model)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 def resize(x: torch.Tensor, size, align_corners: bool) -> torch.Tensor:
     """Bilinear resize of ``x`` to ``size`` (H, W); a no-op when the size already matches."""
-    size = tuple(int(s) for s in size)
+    size = tuple(s if isinstance(s, torch.SymInt) else int(s) for s in size)  # keep export sizes symbolic
     if tuple(x.shape[-2:]) == size:
         return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)

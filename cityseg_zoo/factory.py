@@ -120,9 +120,10 @@ def load_backbone_imagenet(model: nn.Module) -> nn.Module:
     import timm
     variant = getattr(model.backbone, "timm_variant", None)
     if variant is None:
-        raise WeightsUnavailableError(
-            f"{model.pretrained_cfg['architecture']}: its backbone ({type(model.backbone).__name__}) has no timm "
-            "ImageNet weights; pretrained_backbone=True works for the ResNet models")
+        note = getattr(model.backbone, "imagenet_weights_note",
+                       f"its backbone ({type(model.backbone).__name__}) has no timm ImageNet weights")
+        raise WeightsUnavailableError(f"{model.pretrained_cfg['architecture']}: {note}; "
+                                      "pretrained_backbone=True works for the ResNet models")
     try:
         trunk = timm.create_model(variant, pretrained=True, num_classes=0, global_pool="")
     except Exception as err:  # timm / huggingface_hub network, offline and not-found errors

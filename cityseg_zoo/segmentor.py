@@ -16,6 +16,8 @@ with no upsampling: the tensor the reference code returns, for exact comparisons
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -59,6 +61,7 @@ class Segmentor(nn.Module):
         self.align_corners = align_corners
         self.min_input_size = min_input_size
         self.pretrained_cfg: dict = {}
+        self.inference_dtype: torch.dtype | None = None   # autocast dtype of eval forwards (optimize_for_inference)
 
     @property
     def num_classes(self) -> int:
@@ -84,13 +87,41 @@ class Segmentor(nn.Module):
         out = self.head(self.backbone(x))
         return out["out"] if isinstance(out, dict) else out
 
+    def optimize_for_inference(self, **kwargs) -> "Segmentor":
+        """Fold norms into convs, go channels_last, optionally compile / autocast; see :mod:`cityseg_zoo.optimize`."""
+        from .optimize import optimize_for_inference
+        return optimize_for_inference(self, **kwargs)
+
+    def save_pretrained(self, save_directory) -> "Path":
+        """Write ``model.safetensors`` + ``config.json`` (see :func:`cityseg_zoo.hf.save_pretrained`)."""
+        from .hf import save_pretrained
+        return save_pretrained(self, save_directory)
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> str:
+        """Upload to a Hugging Face Hub repo (see :func:`cityseg_zoo.hf.push_to_hub`)."""
+        from .hf import push_to_hub
+        return push_to_hub(self, repo_id, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, **kwargs) -> "Segmentor":
+        """Load a folder or Hub repo written by :meth:`save_pretrained` (see :func:`cityseg_zoo.hf.from_pretrained`)."""
+        from .hf import from_pretrained
+        return from_pretrained(name_or_path, **kwargs)
+
+    def _autocast(self, x: torch.Tensor):
+        if self.inference_dtype is None or self.training:
+            return contextlib.nullcontext()
+        return torch.autocast(x.device.type, dtype=self.inference_dtype)
+
     def forward(self, x: torch.Tensor):
         self._check_input(x)
         size = x.shape[-2:]
-        features = self.backbone(x)
-        out = self.head(features)
+        with self._autocast(x):
+            features = self.backbone(x)
+            out = self.head(features)
         if not self.training:
-            return resize(out["out"] if isinstance(out, dict) else out, size, self.align_corners)
+            logits = out["out"] if isinstance(out, dict) else out
+            return resize(logits.to(x.dtype), size, self.align_corners)
         outputs = dict(out) if isinstance(out, dict) else {"out": out}
         if self.aux_head is not None:
             outputs["aux"] = self.aux_head(features[self.aux_index])

@@ -83,5 +83,5 @@ def test_resnet_gffnet_is_a_paper_redesign_without_checkpoint_layout():
 
 
 def test_wrn38_refuses_pretrained_backbone_it_cannot_get():
-    with pytest.raises(WeightsUnavailableError, match="WiderResNet-38"):
+    with pytest.raises(WeightsUnavailableError, match="no ImageNet WiderResNet-38 weights"):
         cityseg_zoo.create_model("gffnet_wrn38", pretrained_backbone=True)

@@ -75,3 +75,12 @@ def test_a_weight_file_is_pointed_to_create_model(finetuned, tmp_path):
     save_pretrained(finetuned, tmp_path)
     with pytest.raises(CheckpointError, match="create_model"):
         from_pretrained(tmp_path / "model.safetensors")
+
+
+def test_model_methods_round_trip_builder_kwargs(tmp_path):
+    model = cityseg_zoo.create_model("ccnet_r50", num_classes=3, recurrence=1).eval()
+    model.save_pretrained(tmp_path)
+    loaded = cityseg_zoo.from_pretrained(tmp_path)
+    assert loaded.head.recurrence == 1 and loaded.pretrained_cfg["model_kwargs"] == {"recurrence": 1}
+    assert_same_weights(model, loaded)
+    assert type(model).from_pretrained(tmp_path).pretrained_cfg["architecture"] == "ccnet_r50"

@@ -23,7 +23,6 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..errors import WeightsUnavailableError
 
 # (widths of each block, number of blocks) for mod2..mod7 of WiderResNet-38.
 WRN38_CHANNELS = ((128, 128), (256, 256), (512, 512), (512, 1024), (512, 1024, 2048), (1024, 2048, 4096))
@@ -77,6 +76,12 @@ class IdentityResidualBlock(nn.Module):
 
 
 class WiderResNetA2(nn.Module):
+    # read by create_model(..., pretrained_backbone=True): timm has no WiderResNet-38 ImageNet weights
+    imagenet_weights_note = (
+        "no ImageNet WiderResNet-38 weights are available through timm; load the DecoupleSegNets "
+        "wider_resnet38.pth.tar (Google Drive 1dGfPvzf4fS0aaSDnw2uahQpnBrUJfRDt) into model.backbone yourself, "
+        "or load a full GFF-Net checkpoint")
+
     """WiderResNetA2 trunk returning ``[mod2, mod3, mod5, mod7]`` outputs.
 
     Strides 2, 4, 8, 8 and widths 128, 256, 1024, 4096 (``out_channels``). GFF-Net takes ``mod2`` (m2),
@@ -108,15 +113,6 @@ class WiderResNetA2(nn.Module):
         return [m2, m3, m5, m7]
 
 
-def wider_resnet38_a2(pretrained: bool = False) -> WiderResNetA2:
-    """WiderResNetA2-38, output stride 8 (the released GFF-Net trunk).
-
-    ``pretrained=True`` is refused: timm has no WiderResNet-38 weights. The ImageNet weights the reference used
-    are the DecoupleSegNets/NVIDIA ``wider_resnet38.pth.tar`` (Google Drive ``1dGfPvzf4fS0aaSDnw2uahQpnBrUJfRDt``).
-    """
-    if pretrained:
-        raise WeightsUnavailableError(
-            "no ImageNet WiderResNet-38 weights are available through timm. Build with pretrained_backbone=False "
-            "and load the DecoupleSegNets wider_resnet38.pth.tar (Google Drive 1dGfPvzf4fS0aaSDnw2uahQpnBrUJfRDt) "
-            "into model.backbone yourself, or load a full GFF-Net checkpoint.")
+def wider_resnet38_a2() -> WiderResNetA2:
+    """WiderResNetA2-38, output stride 8 (the released GFF-Net trunk)."""
     return WiderResNetA2()

@@ -1,5 +1,388 @@
-"""`cityseg-zoo benchmark` (being written; see the issue that owns it)."""
+"""``cityseg-zoo benchmark``: latency, peak memory and achieved GFLOP/s of zoo models, eager vs optimised.
+
+Every measurement point (model, image size, mode) runs in a **fresh Python process**, so its peak memory is its
+own: peak RSS (``ru_maxrss``, the whole process: interpreter, torch, weights and activations) on CPU, and
+``torch.cuda.max_memory_allocated`` on CUDA. Latency is the median of ``repeats`` timed forwards after
+``warmup`` untimed ones (CUDA: CUDA events). FLOPs are counted once per (model, size) on the meta device
+(convolutions and matmuls, one multiply-add = 2 FLOPs), and the achieved GFLOP/s is reported as a fraction of a
+square GEMM measured in the same run, on the same device and dtype.
+
+Modes: ``eager`` (the model as built) and ``optimized`` (:func:`cityseg_zoo.optimize.optimize_for_inference`:
+conv+BN folding and channels_last, plus ``--compile`` / ``--dtype`` when given).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import CitysegZooError
+
+# Figures to beat (issue #5): mmsegmentation 1.2.2 R-101-D8 models on the 2-core CPU, batch 1, fp32, 512x1024.
+# (latency s, peak RSS GiB); None where not given. The zoo model each row is compared with is the key.
+MMSEG_FIGURES_512x1024 = {
+    "fcn_r101": ("FCN", 6.9, 1.19), "pspnet_r101": ("PSPNet", 6.5, 1.36),
+    "deeplabv3_r101": ("DeepLabv3", 8.4, 1.23), "deeplabv3plus_r101": ("DeepLabv3+", 7.8, 1.34),
+    "danet_r101": ("DANet", 7.6, 1.50), "ccnet_r101": ("CCNet", 7.3, 1.22),
+}
+MMSEG_FIGURES_1024x2048 = {"pspnet_r101": (31.8, 2.6), "danet_r101": (54.8, 9.8)}
+
+GIB = 1024 ** 3
+
+
+@dataclass
+class Point:
+    """One measurement: a model at one size in one mode, run in its own process."""
+    model: str
+    size: tuple[int, int]
+    mode: str = "optimized"                  # "eager" | "optimized"
+    warmup: int = 1
+    repeats: int = 3
+    device: str = "cpu"
+    dtype: str = "float32"                   # autocast dtype of the optimised mode: float32 | bfloat16 | float16
+    compile: bool = False
+    threads: int = 0                         # torch.set_num_threads (0: torch's default)
+    # Filled in by the worker.
+    latencies_s: list[float] = field(default_factory=list)
+    peak_memory_gib: float | None = None
+    memory_kind: str = ""
+    fast_paths: str = ""
+    error: str = ""
+
+
+# ---------------------------------------------------------------- what runs inside a worker process
+
+def fast_paths(model) -> str:
+    """The ops of ``model`` that dispatch to a fast path, and how many conv+norm pairs were folded."""
+    from ..ops.attention import PositionAttention
+    from ..ops.criss_cross import CrissCrossAttention
+    from ..ops.gald import GALDBlock
+    from ..ops.gated_fusion import GatedFullyFusion
+    from ..ops.gcn import DualGCN
+    from ..ops.object_context import SelfAttentionBlock
+    names = {
+        PositionAttention: "position attention without N×N (chunked on CPU, SDPA on CUDA)",
+        SelfAttentionBlock: "object context without N×N (chunked on CPU, SDPA on CUDA)",
+        CrissCrossAttention: "criss-cross: row/column GEMMs, shared in-place softmax",
+        GALDBlock: "GALD: fused in-place distribution",
+        DualGCN: "GCN: fused residuals",
+        GatedFullyFusion: "GFF: fused gate update",
+    }
+    found = sorted({text for cls, text in names.items() for m in model.modules() if isinstance(m, cls)})
+    optimized = getattr(model, "pretrained_cfg", {}).get("inference_optimized")
+    if optimized:
+        switch = [f"{optimized['folded_norms']} conv+norm folded"]
+        if optimized["kept_features"] is not None:
+            switch.append(f"backbone keeps stages {optimized['kept_features']}")
+        switch += [name for name in ("channels_last", "compile") if optimized[name]]
+        found.insert(0, ", ".join(switch))
+    return "; ".join(found)
+
+
+def _peak_rss_gib() -> float:
+    import resource
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss   # KiB on Linux
+    return kib * 1024 / GIB
+
+
+def run_point(point: Point) -> Point:
+    """Build the model, optimise it if asked, and time it (in this process: call it in a fresh one)."""
+    import torch
+
+    import cityseg_zoo
+    if point.threads:
+        torch.set_num_threads(point.threads)
+    device = torch.device(point.device)
+    torch.manual_seed(0)
+    model = cityseg_zoo.create_model(point.model).eval().to(device)
+    if point.mode == "optimized":
+        dtype = None if point.dtype == "float32" else getattr(torch, point.dtype)
+        model.optimize_for_inference(dtype=dtype, compile=point.compile)
+    elif point.mode != "eager":
+        raise CitysegZooError(f"unknown mode {point.mode!r}: use 'eager' or 'optimized'")
+    point.fast_paths = fast_paths(model)
+    x = torch.randn(1, 3, *point.size, device=device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    with torch.inference_mode():
+        for _ in range(point.warmup):
+            model(x)
+        for _ in range(point.repeats):
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                model(x)
+                end.record()
+                torch.cuda.synchronize(device)
+                point.latencies_s.append(start.elapsed_time(end) / 1000)
+            else:
+                t0 = time.perf_counter()
+                model(x)
+                point.latencies_s.append(time.perf_counter() - t0)
+    if cuda:
+        point.peak_memory_gib, point.memory_kind = torch.cuda.max_memory_allocated(device) / GIB, "CUDA allocated"
+    else:
+        point.peak_memory_gib, point.memory_kind = _peak_rss_gib(), "peak RSS"
+    return point
+
+
+def gemm_gflops(device: str = "cpu", dtype: str = "float32", n: int = 2048, repeats: int = 5) -> float:
+    """Achieved GFLOP/s of an ``n × n × n`` matmul (median of ``repeats``): the device's practical peak."""
+    import torch
+    dev = torch.device(device)
+    a = torch.randn(n, n, device=dev, dtype=getattr(torch, dtype))
+    b = torch.randn(n, n, device=dev, dtype=getattr(torch, dtype))
+    times = []
+    for i in range(repeats + 1):
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t0 = time.perf_counter()
+        a @ b
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        if i:                                    # the first product warms up
+            times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def count_gflops(name: str, size: tuple[int, int]) -> float:
+    """Forward GFLOPs at batch 1 (conv and matmul, multiply-add = 2), counted on the meta device."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import cityseg_zoo
+    with torch.device("meta"):
+        model = cityseg_zoo.create_model(name).eval()
+        x = torch.empty(1, 3, *size)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return counter.get_total_flops() / 1e9
+
+
+def _worker_main(spec: str) -> None:
+    """Entry point of a worker process: one JSON spec in, one JSON line out (prefixed, to find it)."""
+    job = json.loads(spec)
+    if job["kind"] == "gemm":
+        if job.get("threads"):
+            import torch
+            torch.set_num_threads(job["threads"])
+        result = {"gflops": gemm_gflops(job["device"], job["dtype"])}
+    else:
+        point = Point(**{**job["point"], "size": tuple(job["point"]["size"])})
+        try:
+            result = asdict(run_point(point))
+        except Exception as err:   # reported in the table rather than aborting a long run
+            point.error = f"{type(err).__name__}: {err}"
+            result = asdict(point)
+    print("BENCH_RESULT " + json.dumps(result), flush=True)
+
+
+# ---------------------------------------------------------------- the parent: fresh processes, table, plot
+
+def _spawn(job: dict, timeout: float | None) -> dict:
+    cmd = [sys.executable, "-m", "cityseg_zoo.cli.benchmark", "--worker", json.dumps(job)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
+    for line in proc.stdout.splitlines():
+        if line.startswith("BENCH_RESULT "):
+            return json.loads(line[len("BENCH_RESULT "):])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+    return {"error": f"worker exited with {proc.returncode}: {tail[0]}"}
+
+
+def measure(points: list[Point], timeout: float | None = None, log=print) -> list[Point]:
+    """Run every point in its own process; failures are recorded in ``Point.error``."""
+    done = []
+    for i, point in enumerate(points, 1):
+        result = _spawn({"kind": "point", "point": asdict(point)}, timeout)
+        if "model" in result:
+            point = Point(**{**result, "size": tuple(result["size"])})
+        else:
+            point.error = result.get("error", "unknown failure")
+        log(f"[{i}/{len(points)}] {point.model} {point.size[0]}x{point.size[1]} {point.mode}: "
+            + (point.error or f"{median(point):.2f} s, {point.peak_memory_gib:.2f} GiB {point.memory_kind}"))
+        done.append(point)
+    return done
+
+
+def median(point: Point) -> float:
+    return statistics.median(point.latencies_s) if point.latencies_s else float("nan")
+
+
+def measure_gemm(device: str, dtype: str, threads: int = 0) -> float:
+    result = _spawn({"kind": "gemm", "device": device, "dtype": dtype, "threads": threads}, None)
+    if "gflops" not in result:
+        raise CitysegZooError(f"GEMM measurement failed: {result.get('error')}")
+    return result["gflops"]
+
+
+def markdown_table(points: list[Point], gflops: dict[tuple[str, tuple[int, int]], float], gemm: float) -> str:
+    """One row per point; speed-up against the eager point of the same model and size, and against mmseg."""
+    eager = {(p.model, p.size): median(p) for p in points if p.mode == "eager" and not p.error and p.latencies_s}
+    lines = [f"GEMM peak measured in this run: {gemm:.0f} GFLOP/s "
+             f"({points[0].device if points else 'cpu'}, {points[0].dtype if points else 'float32'}).", "",
+             "| model | size | mode | median latency (s) | runs | vs eager | vs mmseg 1.2.2 | peak memory (GiB) "
+             "| GFLOPs | GFLOP/s | % of GEMM peak | fast paths |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for p in points:
+        size = f"{p.size[0]}x{p.size[1]}"
+        if p.error:
+            lines.append(f"| `{p.model}` | {size} | {p.mode} | failed: {p.error} | | | | | | | | |")
+            continue
+        t = median(p)
+        g = gflops.get((p.model, p.size), float("nan"))
+        vs_eager = f"{eager[(p.model, p.size)] / t:.2f}×" if (p.model, p.size) in eager and p.mode != "eager" else ""
+        ref = None
+        if p.size == (512, 1024) and p.model in MMSEG_FIGURES_512x1024:
+            ref = MMSEG_FIGURES_512x1024[p.model][1]
+        elif p.size == (1024, 2048) and p.model in MMSEG_FIGURES_1024x2048:
+            ref = MMSEG_FIGURES_1024x2048[p.model][0]
+        vs_mmseg = f"{ref / t:.2f}× ({ref} s)" if ref else ""
+        mode = p.mode + ("" if p.mode == "eager" else
+                         (f", {p.dtype}" if p.dtype != "float32" else "") + (", compiled" if p.compile else ""))
+        lines.append(f"| `{p.model}` | {size} | {mode} | {t:.2f} | {len(p.latencies_s)} | {vs_eager} | "
+                     f"{vs_mmseg} | {p.peak_memory_gib:.2f} ({p.memory_kind}) | {g:.0f} | {g / t:.0f} | "
+                     f"{100 * g / t / gemm:.0f}% | {p.fast_paths} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 512x1024, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return h, w
+
+
+def run(args: argparse.Namespace) -> int:
+    """The sub-command: measure the grid (models × sizes × modes), write the table and the plot."""
+    from ..registry import resolve
+    for name in args.models:
+        resolve(name)    # UnknownModelError (with suggestions) before any process is started
+    points = [Point(model=m, size=s, mode=mode, warmup=args.warmup, repeats=args.repeats, device=args.device,
+                    dtype=args.dtype, compile=args.compile, threads=args.threads)
+              for s in args.sizes for m in args.models for mode in args.modes]
+    gemm = measure_gemm(args.device, args.dtype if "optimized" in args.modes else "float32", args.threads)
+    print(f"GEMM peak: {gemm:.0f} GFLOP/s")
+    results = measure(points, timeout=args.timeout)
+    gflops = {(p.model, p.size): count_gflops(p.model, p.size) for p in results}
+    table = markdown_table(results, gflops, gemm)
+    print(table)
+    if args.output:
+        write_outputs(Path(args.output), results, table)
+    return 0 if all(not p.error for p in results) else 1
+
+
+def write_outputs(stem: Path, points: list[Point], table: str) -> None:
+    """``<stem>.md`` (the table), ``<stem>.json`` (every raw number) and ``<stem>.png`` (against image area)."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".md").write_text(table, encoding="utf-8")
+    stem.with_suffix(".json").write_text(json.dumps([asdict(p) for p in points], indent=1), encoding="utf-8")
+    plot_against_area(points, stem.with_suffix(".png"))
+    print(f"wrote {stem.with_suffix('.md')}, {stem.with_suffix('.json')}, {stem.with_suffix('.png')}")
+
+
+# ---------------------------------------------------------------- the PNG: drawn with pillow, no matplotlib
+
+_COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
+
+
+def _nice_max(value: float) -> float:
+    """The smallest of 1, 2, 2.5, 5 × 10^k that is >= ``value`` (axis top)."""
+    import math
+    if value <= 0:
+        return 1.0
+    base = 10 ** math.floor(math.log10(value))
+    return next(m * base for m in (1, 2, 2.5, 5, 10) if m * base >= value)
+
+
+def plot_against_area(points: list[Point], path: Path, width: int = 1400, height: int = 760) -> None:
+    """Two line plots side by side, peak memory and median latency against image area (Mpx), one line per
+    (model, mode); sizes of one line are joined in order of area. Failed points are left out."""
+    from PIL import Image, ImageDraw, ImageFont
+    series: dict[str, list[tuple[float, float, float]]] = {}
+    for p in points:
+        if p.error or not p.latencies_s:
+            continue
+        label = p.model + ("" if p.mode == "optimized" else f" ({p.mode})")
+        series.setdefault(label, []).append((p.size[0] * p.size[1] / 1e6, p.peak_memory_gib, median(p)))
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    legend_h = 20 * ((len(series) + 2) // 3) + 20
+    panels = (("peak memory (GiB)", 1), ("median latency (s)", 2))
+    x_max = _nice_max(max((v[0] for pts in series.values() for v in pts), default=1.0))
+    panel_w = width // 2
+    for k, (title, index) in enumerate(panels):
+        left, top = k * panel_w + 70, 40
+        right, bottom = (k + 1) * panel_w - 30, height - legend_h - 50
+        y_max = _nice_max(max((v[index] for pts in series.values() for v in pts), default=1.0))
+        draw.text((left, 12), f"{title} vs image area", fill="black", font=font)
+        draw.rectangle((left, top, right, bottom), outline="black")
+        for t in range(6):   # gridlines and tick labels
+            fx, fy = t / 5, t / 5
+            gx = left + fx * (right - left)
+            gy = bottom - fy * (bottom - top)
+            draw.line((gx, top, gx, bottom), fill=(225, 225, 225))
+            draw.line((left, gy, right, gy), fill=(225, 225, 225))
+            draw.text((gx - 10, bottom + 6), f"{fx * x_max:.3g}", fill="black", font=font)
+            draw.text((left - 45, gy - 6), f"{fy * y_max:.3g}", fill="black", font=font)
+        draw.text(((left + right) // 2 - 60, bottom + 24), "image area (Mpx, batch 1)", fill="black", font=font)
+        for n, (label, pts) in enumerate(sorted(series.items())):
+            colour = _COLOURS[n % len(_COLOURS)]
+            xy = [(left + a / x_max * (right - left), bottom - v / y_max * (bottom - top))
+                  for a, *vals in sorted(pts) for v in [vals[index - 1]]]
+            if len(xy) > 1:
+                draw.line(xy, fill=colour, width=2)
+            for x, y in xy:
+                draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
+    for n, label in enumerate(sorted(series)):   # legend, three columns
+        x = 70 + (n % 3) * (width - 100) // 3
+        y = height - legend_h + 10 + 20 * (n // 3)
+        colour = _COLOURS[n % len(_COLOURS)]
+        draw.line((x, y + 6, x + 24, y + 6), fill=colour, width=3)
+        draw.text((x + 30, y), label, fill="black", font=font)
+    image.save(path)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", nargs="+", default=["fcn_r101", "danet_r101"], metavar="NAME")
+    parser.add_argument("--sizes", nargs="+", type=parse_size, default=[(512, 1024)], metavar="HxW")
+    parser.add_argument("--modes", nargs="+", choices=("eager", "optimized"), default=["eager", "optimized"])
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                        help="autocast dtype of the optimized mode")
+    parser.add_argument("--compile", action="store_true", help="torch.compile in the optimized mode")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: torch's default)")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per point before it is abandoned")
+    parser.add_argument("--output", default=None, metavar="STEM",
+                        help="write STEM.md, STEM.json and STEM.png (e.g. docs/benchmark)")
 
 
 def register(subparsers) -> None:
-    pass
+    parser = subparsers.add_parser("benchmark", help="latency, peak memory and GFLOP/s, eager vs optimised",
+                                   description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        _worker_main(sys.argv[2])
+    else:
+        sys.exit(f"usage: python -m cityseg_zoo.cli.benchmark --worker JSON (internal); "
+                 f"use `cityseg-zoo benchmark` (pid {os.getpid()})")

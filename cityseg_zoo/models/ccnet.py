@@ -51,10 +51,10 @@ _CFG = arch_cfg(reference="speedinghzl/CCNet@7a76bff networks/ccnet.py::Res_Deep
                 paper="Huang et al., CCNet: Criss-Cross Attention for Semantic Segmentation, ICCV 2019")
 
 
-def _ccnet(depth: int, num_classes: int, recurrence: int = 2, pretrained_backbone: bool = False) -> Segmentor:
+def _ccnet(depth: int, num_classes: int, recurrence: int = 2) -> Segmentor:
     if not isinstance(recurrence, int) or recurrence < 1:
         raise ValueError(f"recurrence must be a positive int, got {recurrence!r}")
-    backbone = deep_stem_resnet(depth, inplace_abn=True, pretrained=pretrained_backbone)
+    backbone = deep_stem_resnet(depth, inplace_abn=True)
     return Segmentor(backbone, RCCAModule(2048, num_classes, recurrence=recurrence),
                      aux_head=AuxHead(1024, 512, num_classes, act="abn", dropout=0.1), align_corners=True)
 

@@ -17,7 +17,7 @@ FLAT_STEM_RULES = (
 DEPTHS = {50: "resnet50s", 101: "resnet101s"}
 
 
-def deep_stem_resnet(depth: int, multi_grid=(1, 1, 1), inplace_abn: bool = False, pretrained: bool = False):
+def deep_stem_resnet(depth: int, multi_grid=(1, 1, 1), inplace_abn: bool = False):
     """The lxtGH / speedinghzl / OCNet dilated ResNet (models.md §0.1).
 
     64-64-128 deep stem, ceil-mode max-pool, layer3 dilation 2 in every block, layer4 dilation 4 x multi_grid.
@@ -25,7 +25,7 @@ def deep_stem_resnet(depth: int, multi_grid=(1, 1, 1), inplace_abn: bool = False
     """
     kwargs = {"norm_layer": ABNIdentity} if inplace_abn else {}
     return dilated_resnet(DEPTHS[depth], layer3_dilations=2, layer4_dilations=[4 * g for g in multi_grid],
-                          ceil_mode_pool=True, pretrained=pretrained, **kwargs)
+                          ceil_mode_pool=True, **kwargs)
 
 
 def arch_cfg(*, reference: str, input: Normalization, align_corners: bool = True, head_stride: int = 8,

@@ -73,9 +73,9 @@ _CFG = arch_cfg(reference="junfu1115/DANet@v0.5.0 encoding/models/danet.py",
 _LAYER3_BLOCKS = {50: 6, 101: 23}
 
 
-def _danet(depth: int, num_classes: int, pretrained_backbone: bool = False) -> Segmentor:
+def _danet(depth: int, num_classes: int) -> Segmentor:
     backbone = dilated_resnet(f"resnet{depth}", [1] + [2] * (_LAYER3_BLOCKS[depth] - 1), (4, 8, 16),
-                              ceil_mode_pool=False, pretrained=pretrained_backbone)
+                              ceil_mode_pool=False)
     return Segmentor(backbone, DANetHead(2048, num_classes), aux_head=None, align_corners=True)
 
 

@@ -54,8 +54,8 @@ _CFG = arch_cfg(reference="speedinghzl/CCNet@7a76bff networks/deeplabv3.py::Res_
                       "arXiv 1706.05587 (2017)")
 
 
-def _deeplabv3(depth: int, num_classes: int, pretrained_backbone: bool = False) -> Segmentor:
-    backbone = deep_stem_resnet(depth, inplace_abn=True, pretrained=pretrained_backbone)
+def _deeplabv3(depth: int, num_classes: int) -> Segmentor:
+    backbone = deep_stem_resnet(depth, inplace_abn=True)
     return Segmentor(backbone, DeepLabV3Head(2048, num_classes), aux_head=AuxHead(1024, 512, num_classes, act="abn"))
 
 

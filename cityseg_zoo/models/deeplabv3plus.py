@@ -72,9 +72,9 @@ _CFG = arch_cfg(reference="lxtGH/DecoupleSegNets@bedb8e5 network/deepv3.py::Deep
 _VARIANTS = {50: "resnet50s", 101: "resnet101s"}
 
 
-def _deeplabv3plus(depth: int, num_classes: int, pretrained_backbone: bool = False) -> Segmentor:
+def _deeplabv3plus(depth: int, num_classes: int) -> Segmentor:
     # resnet_d: layer3 all dilation 2, layer4 all 4, max-pool ceil_mode off (unlike the lxtGH §0.1 models).
-    backbone = dilated_resnet(_VARIANTS[depth], 2, (4, 4, 4), ceil_mode_pool=False, pretrained=pretrained_backbone)
+    backbone = dilated_resnet(_VARIANTS[depth], 2, (4, 4, 4), ceil_mode_pool=False)
     return Segmentor(backbone, DeepLabV3PlusHead(num_classes), aux_head=None)
 
 

@@ -44,8 +44,8 @@ _CFG = arch_cfg(reference="lxtGH/GALD-DGCNet@be7ebfe libs/models/DualGCNNet.py::
                 paper="Zhang et al., Dual Graph Convolutional Network for Semantic Segmentation, BMVC 2019 (DGCNet)")
 
 
-def _dgcnet(depth: int, num_classes: int, pretrained_backbone: bool = False) -> Segmentor:
-    backbone = deep_stem_resnet(depth, multi_grid=(1, 2, 4), pretrained=pretrained_backbone)
+def _dgcnet(depth: int, num_classes: int) -> Segmentor:
+    backbone = deep_stem_resnet(depth, multi_grid=(1, 2, 4))
     # The reference dsn has no ReLU: conv3x3 (bias) -> BN -> Dropout2d -> conv1x1 (keys 0, 1, 3).
     return Segmentor(backbone, DualGCNHead(2048, num_classes),
                      aux_head=AuxHead(1024, 512, num_classes, act="none", dropout=0.1), align_corners=True)

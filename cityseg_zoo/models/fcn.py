@@ -36,8 +36,8 @@ _CFG = arch_cfg(reference="openseg-group/OCNet.pytorch@679a45b network/resnet101
                 paper="Long et al., Fully Convolutional Networks, CVPR 2015 (dilated baseline of OCNet)")
 
 
-def _fcn(depth: int, num_classes: int, pretrained_backbone: bool = False) -> Segmentor:
-    backbone = deep_stem_resnet(depth, inplace_abn=True, pretrained=pretrained_backbone)
+def _fcn(depth: int, num_classes: int) -> Segmentor:
+    backbone = deep_stem_resnet(depth, inplace_abn=True)
     return Segmentor(backbone, FCNHead(2048, num_classes), aux_head=None)
 
 

@@ -56,8 +56,8 @@ _CFG = arch_cfg(reference="lxtGH/GALD-DGCNet@be7ebfe libs/models/GALDNet.py::GAL
 MIN_INPUT_SIZE = 111
 
 
-def _galdnet(depth: int, num_classes: int, pretrained_backbone: bool = False) -> Segmentor:
-    backbone = deep_stem_resnet(depth, multi_grid=(1, 2, 4), pretrained=pretrained_backbone)
+def _galdnet(depth: int, num_classes: int) -> Segmentor:
+    backbone = deep_stem_resnet(depth, multi_grid=(1, 2, 4))
     return Segmentor(backbone, GALDHead(2048, num_classes),
                      aux_head=AuxHead(1024, 512, num_classes, act="relu", dropout=0.1),
                      align_corners=True, min_input_size=MIN_INPUT_SIZE)

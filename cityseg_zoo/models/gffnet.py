@@ -108,10 +108,10 @@ _RESNET_CFG = arch_cfg(reference="none: rebuilt from the paper (arXiv 1904.01803
                        checkpoint_compatible=False)
 
 
-def _gffnet_wrn38(num_classes: int, pretrained_backbone: bool = False) -> Segmentor:
+def _gffnet_wrn38(num_classes: int) -> Segmentor:
     head = GFFHead(_aspp_context(4096), 256, level_indices=(0, 2), level_channels=(128, 1024),
                    num_classes=num_classes, channels=128, dilations=(3, 6, 9))
-    return Segmentor(wider_resnet38_a2(pretrained=pretrained_backbone), head, aux_head=None)
+    return Segmentor(wider_resnet38_a2(), head, aux_head=None)
 
 
 @register_model(cfg=_WRN38_CFG, layouts=(DECOUPLESEGNETS_GFF,))
@@ -125,8 +125,8 @@ def gffnet_wrn38(num_classes: int = 19, **kwargs) -> Segmentor:
     return _gffnet_wrn38(num_classes, **kwargs)
 
 
-def _gffnet_resnet(depth: int, num_classes: int, pretrained_backbone: bool = False) -> Segmentor:
-    backbone = deep_stem_resnet(depth, pretrained=pretrained_backbone)
+def _gffnet_resnet(depth: int, num_classes: int) -> Segmentor:
+    backbone = deep_stem_resnet(depth)
     head = GFFHead(_ppm_context(2048), 512, level_indices=(0, 1, 2), level_channels=(256, 512, 1024),
                    num_classes=num_classes, channels=128, dilations=(3, 6, 9, 12))
     return Segmentor(backbone, head, aux_head=AuxHead(1024, 512, num_classes, act="relu"))

@@ -338,16 +338,16 @@ def _cfg(method: str) -> dict:
         paper=f"{_PAPERS[method]} (mmsegmentation implementation)", family="mmseg")
 
 
-def resnet_v1c(depth: int, pretrained: bool = False):
+def resnet_v1c(depth: int):
     """mmseg ``ResNetV1c`` D8 = timm ``resnet{depth}c`` at OS8 with contracted dilations, floor-mode max-pool."""
     layer3 = [1] + [2] * (_LAYER3_BLOCKS[depth] - 1)
     return dilated_resnet(f"resnet{depth}c", layer3_dilations=layer3, layer4_dilations=(2, 4, 4),
-                          ceil_mode_pool=False, pretrained=pretrained)
+                          ceil_mode_pool=False)
 
 
-def _mmseg(depth: int, head: nn.Module, num_classes: int, pretrained_backbone: bool = False) -> Segmentor:
+def _mmseg(depth: int, head: nn.Module, num_classes: int) -> Segmentor:
     aux = FCNHead(1024, 256, num_classes, num_convs=1, concat_input=False, in_index=2)
-    return Segmentor(resnet_v1c(depth, pretrained_backbone), head, aux_head=aux, aux_index=2,
+    return Segmentor(resnet_v1c(depth), head, aux_head=aux, aux_index=2,
                      align_corners=ALIGN_CORNERS)
 
 

@@ -48,8 +48,8 @@ _ASP_CFG = arch_cfg(reference="openseg-group/OCNet.pytorch@679a45b network/resne
 ASP_OC_MIN_INPUT_SIZE = 7
 
 
-def _ocnet(depth: int, num_classes: int, variant: str, pretrained_backbone: bool = False) -> Segmentor:
-    backbone = deep_stem_resnet(depth, inplace_abn=True, pretrained=pretrained_backbone)
+def _ocnet(depth: int, num_classes: int, variant: str) -> Segmentor:
+    backbone = deep_stem_resnet(depth, inplace_abn=True)
     if variant == "base":
         context, dsn_dropout, min_size = BaseOC(512, 512, key_ch=256, value_ch=256, dropout=0.05), 0.05, 1
     else:

@@ -49,8 +49,8 @@ _CFG = arch_cfg(reference="lxtGH/GALD-DGCNet@be7ebfe libs/models/PSPNet.py::PSPN
                 paper="Zhao et al., Pyramid Scene Parsing Network, CVPR 2017")
 
 
-def _pspnet(depth: int, num_classes: int, pretrained_backbone: bool = False) -> Segmentor:
-    backbone = deep_stem_resnet(depth, pretrained=pretrained_backbone)
+def _pspnet(depth: int, num_classes: int) -> Segmentor:
+    backbone = deep_stem_resnet(depth)
     return Segmentor(backbone, PSPHead(2048, num_classes), aux_head=AuxHead(1024, 512, num_classes, act="relu"))
 
 

@@ -19,6 +19,7 @@ Channel attention over the C channels of ``x`` itself (no convolutions)::
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # Above this many positions the N × N attention matrix is not materialised (4096² fp32 = 64 MiB per image):
@@ -51,9 +52,44 @@ def position_attention_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     return torch.cat(outputs, dim=-1)
 
 
+def position_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Same result through ``scaled_dot_product_attention`` (FlashAttention / memory-efficient kernels on CUDA).
+
+    Those kernels need one head size for q, k and v, while here q, k have ``Cq`` channels and v has ``Cv``.
+    The value channels are split into ``Cv / Cq`` heads of ``Cq`` channels that all share the one q and k:
+    softmax(q kᵀ) does not depend on the head, so each head is an exact slice of the output. ``scale=1``:
+    DANet does not divide by sqrt(d). Requires ``Cv`` divisible by ``Cq`` (DANet: 512 = 8 × 64).
+    """
+    b, cq, n = q.shape
+    cv = v.shape[1]
+    if cv % cq:
+        raise ValueError(f"value channels {cv} must be a multiple of query channels {cq} for the SDPA path")
+    heads = cv // cq
+    q_heads = q.transpose(1, 2).unsqueeze(1).expand(b, heads, n, cq).contiguous()   # [B, heads, N, Cq]
+    k_heads = k.transpose(1, 2).unsqueeze(1).expand(b, heads, n, cq).contiguous()
+    # The fused kernels want the head dimension contiguous (last-dim stride 1).
+    v_heads = v.reshape(b, heads, cq, n).transpose(2, 3).contiguous()                # [B, heads, N, Cq]
+    out = F.scaled_dot_product_attention(q_heads, k_heads, v_heads, scale=1.0)       # [B, heads, N, Cq]
+    return out.transpose(2, 3).reshape(b, cv, n)
+
+
+def _sdpa_fits(q: torch.Tensor, v: torch.Tensor) -> bool:
+    return q.is_cuda and v.shape[1] % q.shape[1] == 0
+
+
 def position_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        memory_light: bool | None = None) -> torch.Tensor:
-    """Position attention; ``memory_light=None`` picks the chunked path when N > ``EXPLICIT_MAX_POSITIONS``."""
+    """Position attention, dispatched by device and size; every path gives the same result.
+
+    ``memory_light=None`` (automatic): on CUDA, :func:`position_attention_sdpa` (fused kernels, no N × N matrix);
+    elsewhere the explicit matrix up to ``EXPLICIT_MAX_POSITIONS`` positions and the query-chunked computation
+    above (on a 2-core CPU the chunked GEMMs beat SDPA's CPU kernel, which must repeat q·k for every head).
+    ``True``: never the N × N matrix; ``False``: always the explicit reference.
+    """
+    if memory_light is False:
+        return position_attention_explicit(q, k, v)
+    if _sdpa_fits(q, v):
+        return position_attention_sdpa(q, k, v)
     if memory_light is None:
         memory_light = q.shape[-1] > EXPLICIT_MAX_POSITIONS
     return position_attention_chunked(q, k, v) if memory_light else position_attention_explicit(q, k, v)
@@ -78,14 +114,14 @@ class PositionAttention(nn.Module):
         q = self.query_conv(x).flatten(2)
         k = self.key_conv(x).flatten(2)
         v = self.value_conv(x).flatten(2)
-        out = position_attention(q, k, v, self.memory_light).view(b, c, h, w)
+        out = position_attention(q, k, v, self.memory_light).reshape(b, c, h, w)
         return self.gamma * out + x
 
 
 def channel_attention(x: torch.Tensor) -> torch.Tensor:
     """``softmax(rowmax(E) − E) X`` with ``E = X Xᵀ`` over the channels of ``x`` ``[B, C, H, W]``."""
     b, c, h, w = x.shape
-    feats = x.view(b, c, -1)                                      # X: [B, C, N]
+    feats = x.reshape(b, c, -1)                                   # X: [B, C, N]
     energy = torch.bmm(feats, feats.transpose(1, 2))              # E = X Xᵀ: [B, C, C]
     # rowmax(E) − E as the reference writes it; softmax is shift-invariant, so this is softmax(−E).
     energy_new = energy.max(dim=-1, keepdim=True)[0].expand_as(energy) - energy

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import triton_kernels
 from .resize import resize
 
 
@@ -81,6 +82,15 @@ class LocalAttention(nn.Module):
     def forward(self, a: torch.Tensor) -> torch.Tensor:
         return a + a * self.mask(a)
 
+    def forward_fused(self, a: torch.Tensor) -> torch.Tensor:
+        """``2a + a·m`` (``distribute(a) + a``) with the mask's sigmoid and both sums in place: one temporary."""
+        logits = resize(self.dconv3(self.dconv2(self.dconv1(a))), a.shape[-2:], self.align_corners)
+        if triton_kernels.available(a, logits):
+            return triton_kernels.gald_distribute_triton(a, logits)     # one pass on CUDA
+        m = logits.sigmoid_()
+        # (a + a·m) + a, summed in the reference's order: a·m + a is a + a·m exactly (addition commutes).
+        return m.mul_(a).add_(a).add_(a)
+
 
 class GALDBlock(nn.Module):
     """Global aggregation (downsample -> SpatialCGNL -> upsample) then local distribution.
@@ -103,4 +113,6 @@ class GALDBlock(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         a = self.aggregate(u)
-        return self.distribute(a) + a
+        if torch.is_grad_enabled() and a.requires_grad:
+            return self.distribute(a) + a
+        return self.local_attention.forward_fused(a)   # the same value, without three full-size temporaries

@@ -18,6 +18,16 @@ from torch import nn
 from .resize import resize
 
 
+def _no_grad_needed(*tensors: torch.Tensor) -> bool:
+    """True when in-place updates are safe: no autograd graph will read these tensors."""
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+def residual_relu(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``ReLU(y + x)``; in place on ``y`` (a fresh layer output) when no gradient is needed."""
+    return y.add_(x).relu_() if _no_grad_needed(x, y) else F.relu(y + x)
+
+
 class SpatialGCN(nn.Module):
     """Coordinate-space GCN: ``ReLU(out(W_g(K · softmax(Q Vᵀ))) + X)``.
 
@@ -43,7 +53,7 @@ class SpatialGCN(nn.Module):
         adjacency = torch.softmax(q @ v.transpose(1, 2), dim=2)          # [N, c, c]
         r = (k.transpose(1, 2) @ adjacency).transpose(1, 2)               # [N, c, HW]
         r = self.bn_wg(self.conv_wg(r)).reshape(k.shape[0], -1, *x.shape[-2:])
-        return F.relu(self.out(r) + x)
+        return residual_relu(self.out(r), x)
 
 
 class DualGCN(nn.Module):
@@ -82,6 +92,8 @@ class DualGCN(nn.Module):
     def coordinate_gcn(self, x: torch.Tensor) -> torch.Tensor:
         local = self.gcn_local_attention(self.local(x))
         local = resize(local, x.shape[-2:], self.align_corners)
+        if _no_grad_needed(x, local):
+            return torch.addcmul(x, x, local)            # x·local + x in one fused pass
         return x * local + x
 
     def feature_gcn(self, x: torch.Tensor) -> torch.Tensor:
@@ -92,7 +104,7 @@ class DualGCN(nn.Module):
         z = z + z_idt                                                  # (I - A_g) Z, with the sign inside A_g
         z = self.bn_wg(self.conv_wg(z))
         y = (z @ b).reshape(x.shape[0], -1, *x.shape[-2:])             # re-projection: [N, states, H, W]
-        return F.relu(x + self.bn3(self.conv3(y)))
+        return residual_relu(self.bn3(self.conv3(y)), x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.final(torch.cat([self.coordinate_gcn(x), self.feature_gcn(x)], dim=1))

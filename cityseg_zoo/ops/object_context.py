@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .attention import position_attention
 from .norm import conv_bn_act
 from .resize import resize
 
@@ -57,11 +58,12 @@ class SelfAttentionBlock(nn.Module):
         x = self.pool(x)
         n, _, h, w = x.shape
         # The reference applies the shared module twice; in train mode that updates its running stats twice.
-        query = self.f_query(x).flatten(2).transpose(1, 2)    # [N, hw, d_k]
+        query = self.f_query(x).flatten(2)                    # [N, d_k, hw]
         key = self.f_key(x).flatten(2)                        # [N, d_k, hw]
-        value = self.f_value(x).flatten(2).transpose(1, 2)    # [N, hw, d_v]
-        sim = torch.softmax((self.key_channels ** -0.5) * torch.matmul(query, key), dim=-1)  # a_ij, rows i
-        context = torch.matmul(sim, value).transpose(1, 2).reshape(n, -1, h, w)
+        value = self.f_value(x).flatten(2)                    # [N, d_v, hw]
+        # a_ij = softmax_j((q_i / sqrt(d_k)) · k_j); the shared dispatcher never builds the hw × hw matrix of
+        # a large map (query-chunked on CPU, SDPA kernels on CUDA).
+        context = position_attention((self.key_channels ** -0.5) * query, key, value).reshape(n, -1, h, w)
         context = self.W(context)
         if self.scale > 1:
             context = resize(context, size, self.align_corners)

@@ -1,0 +1,83 @@
+"""The README benchmark in one command: latency at 512x1024 (eager vs the inference switch), peak memory at
+1024x2048, and an area sweep (256x512 .. 1024x2048) plotted as memory and time against image area.
+
+Every point runs in a fresh process (see ``cityseg_zoo/cli/benchmark.py`` for what is measured and how);
+GFLOPs come from ``model_table.count`` (meta device). Writes ``<output>.md``, ``<output>.json`` and
+``<output>.png``.
+
+    python benchmarks/bench.py                         # the full table (about 30 min on a quiet 2-core CPU)
+    python benchmarks/bench.py --compile               # plus a torch.compile row per model (add ~30 min)
+    python benchmarks/bench.py --quick                 # a two-model smoke run at small sizes (about 2 min)
+    python benchmarks/bench.py --device cuda --dtype bfloat16 --sizes-memory 1024x2048   # on a GPU
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from model_table import count
+
+from cityseg_zoo.cli.benchmark import Point, markdown_table, measure, measure_gemm, parse_size, write_outputs
+
+MODELS = ["fcn_r101", "pspnet_r101", "deeplabv3_r101", "deeplabv3plus_r101", "danet_r101", "ccnet_r101",
+          "galdnet_r101", "dgcnet_r101", "gffnet_wrn38"]
+ATTENTION_MODELS = ["danet_r101", "ccnet_r101", "galdnet_r101", "dgcnet_r101"]
+
+
+def plan(args: argparse.Namespace) -> dict[str, list[Point]]:
+    """The three sections: latency (eager and optimised), memory at the large size, the area sweep."""
+    common = dict(device=args.device, dtype=args.dtype, threads=args.threads)
+    modes = [("eager", False), ("optimized", False)] + ([("optimized", True)] if args.compile else [])
+    # With --compile the warm-up call is the compilation; the timed calls reuse the compiled graphs.
+    latency = [Point(m, args.size_latency, mode, warmup=1, repeats=args.repeats, compile=compiled, **common)
+               for m in args.models for mode, compiled in modes]
+    # One forward is enough for the peak memory of a fresh process; its time is reported but is a cold run.
+    memory = [Point(m, s, "optimized", warmup=0, repeats=1, **common) for s in args.sizes_memory for m in args.models]
+    memory += [Point(m, s, "eager", warmup=0, repeats=1, **common) for s in args.sizes_memory
+               for m in args.eager_memory_models]
+    sweep = [Point(m, s, "optimized", warmup=1, repeats=1, **common) for s in args.sizes_sweep for m in args.models]
+    return {"latency": latency, "memory": memory, "sweep": sweep}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=MODELS)
+    parser.add_argument("--size-latency", type=parse_size, default=(512, 1024))
+    parser.add_argument("--sizes-memory", nargs="*", type=parse_size, default=[(1024, 2048)])
+    parser.add_argument("--sizes-sweep", nargs="*", type=parse_size, default=[(256, 512), (768, 1536)],
+                        help="extra sizes for the plot (the latency and memory sizes are plotted too)")
+    parser.add_argument("--eager-memory-models", nargs="*", default=["danet_r101"],
+                        help="models also measured eager at the memory sizes")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    parser.add_argument("--compile", action="store_true",
+                        help="add a torch.compile row per model to the latency table (minutes of compilation each)")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per point")
+    parser.add_argument("--output", default="docs/benchmark")
+    parser.add_argument("--quick", action="store_true", help="fcn_r50 + danet_r50 at 129x257 / 257x513")
+    args = parser.parse_args()
+    if args.quick:
+        args.models, args.eager_memory_models = ["fcn_r50", "danet_r50"], ["danet_r50"]
+        args.size_latency, args.sizes_memory, args.sizes_sweep, args.repeats = (129, 257), [(257, 513)], [], 2
+
+    gemm = measure_gemm(args.device, args.dtype, args.threads)
+    print(f"GEMM peak: {gemm:.0f} GFLOP/s ({args.device}, {args.dtype})", flush=True)
+    sections = {name: measure(points, timeout=args.timeout) for name, points in plan(args).items()}
+    everything = [p for points in sections.values() for p in points]
+    gflops = {key: count(key[0], key[1])[1] for key in {(p.model, p.size) for p in everything}}
+    titles = {"latency": f"Latency at {args.size_latency[0]}x{args.size_latency[1]}: eager vs the inference "
+                         f"switch (median of {args.repeats} after 1 warm-up)",
+              "memory": "Peak memory at the large size (one cold forward per fresh process)",
+              "sweep": "Area sweep (one forward after 1 warm-up)"}
+    table = "\n".join(f"### {titles[name]}\n\n{markdown_table(points, gflops, gemm)}"
+                      for name, points in sections.items() if points)
+    print(table)
+    write_outputs(Path(args.output), everything, table)
+    return 0 if all(not p.error for p in everything) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""The inference switch: conv+BN folding, channels_last, optional ``torch.compile`` and bf16/fp16 autocast.
+
+``optimize_for_inference(model)`` (or ``model.optimize_for_inference()``) rewrites an eval-mode zoo model in
+place for speed; its logits stay those of the original within float32 rounding (see ``tests/test_optimize.py``).
+The result is for inference only: folded norms no longer exist, so it cannot be trained or fine-tuned.
+
+Folding ``conv -> norm`` into the conv: with the norm's scale ``s = γ / sqrt(var + eps)``::
+
+    norm(conv(x)) = s · (W x + b − mean) + β = (s·W) x + (s · (b − mean) + β)
+
+``γ`` is ``weight`` for ``nn.BatchNorm1d/2d`` and ``|weight| + eps`` for the zoo's ``ABN`` (InPlaceABN semantics).
+The norm is replaced by what remains of it: nothing (``nn.Identity``), or the ``ABN``'s fused LeakyReLU.
+Only pairs where the norm reads the conv's output directly are folded: consecutive children of an
+``nn.Sequential`` and the named ``(conv, norm)`` attribute pairs of the modules in ``ATTRIBUTE_PAIRS``.
+"""
+from __future__ import annotations
+
+import types
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from .ops.norm import ABN
+
+_CONVS = (nn.Conv1d, nn.Conv2d)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)   # ABN is a BatchNorm2d
+
+
+def _attribute_pairs() -> dict[type, tuple[tuple[str, str], ...]]:
+    """``(conv, norm)`` attribute names, per module class, whose forward is ``norm(conv(x))`` with nothing between."""
+    from timm.models.resnet import BasicBlock, Bottleneck
+
+    from .backbones.resnet import DilatedResNet
+    from .ops.gcn import DualGCN, SpatialGCN
+    return {
+        Bottleneck: (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
+        BasicBlock: (("conv1", "bn1"), ("conv2", "bn2")),
+        DilatedResNet: (("conv1", "bn1"),),          # conv1 is the 7x7 conv or the deep stem (its last conv)
+        DualGCN: (("theta", "bn_theta"), ("phi", "bn_phi"), ("conv_adj", "bn_adj"), ("conv_wg", "bn_wg"),
+                  ("conv3", "bn3")),
+        SpatialGCN: (("conv_wg", "bn_wg"),),
+    }
+
+
+def norm_scale_shift(norm: nn.BatchNorm2d | nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eval-mode norm as ``y = scale · x + shift`` per channel (``ABN``: scale from ``|weight| + eps``)."""
+    gamma = norm.weight if norm.affine else torch.ones_like(norm.running_var)
+    if isinstance(norm, ABN):
+        gamma = gamma.abs() + norm.eps
+    beta = norm.bias if norm.affine else torch.zeros_like(norm.running_var)
+    scale = gamma / torch.sqrt(norm.running_var + norm.eps)
+    return scale, beta - norm.running_mean * scale
+
+
+@torch.no_grad()
+def fold_conv_norm(conv: nn.Conv1d | nn.Conv2d, norm: nn.BatchNorm2d | nn.BatchNorm1d) -> nn.Module:
+    """Fold the eval-mode ``norm`` into ``conv`` (in place) and return the module that replaces ``norm``."""
+    scale, shift = norm_scale_shift(norm)
+    conv.weight.mul_(scale.view(-1, *([1] * (conv.weight.dim() - 1))))
+    bias = shift if conv.bias is None else conv.bias * scale + shift
+    conv.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+    if isinstance(norm, ABN) and norm.activation == "leaky_relu":
+        return nn.LeakyReLU(norm.slope, inplace=True)
+    return nn.Identity()
+
+
+def _foldable(conv: nn.Module, norm: nn.Module) -> bool:
+    return (isinstance(conv, _CONVS) and isinstance(norm, _NORMS) and norm.running_mean is not None
+            and norm.num_features == conv.out_channels and not norm.training)
+
+
+def _last_conv(module: nn.Module) -> nn.Module:
+    return module[-1] if isinstance(module, nn.Sequential) and len(module) else module
+
+
+def _pairs(model: nn.Module) -> Iterator[tuple[nn.Module, nn.Module, nn.Module, str]]:
+    """``(conv, norm, parent, norm_name)`` for every foldable pair, found before anything is changed."""
+    attribute_pairs = _attribute_pairs()
+    for parent in model.modules():
+        if isinstance(parent, nn.Sequential):
+            children = list(parent.named_children())
+            for (_, conv), (norm_name, norm) in zip(children, children[1:]):
+                if _foldable(conv, norm):
+                    yield conv, norm, parent, norm_name
+        for conv_name, norm_name in attribute_pairs.get(type(parent), ()):
+            conv, norm = _last_conv(getattr(parent, conv_name)), getattr(parent, norm_name)
+            if _foldable(conv, norm):
+                yield conv, norm, parent, norm_name
+
+
+def fold_batchnorms(model: nn.Module) -> int:
+    """Fold every ``conv -> BatchNorm/ABN`` pair of an eval-mode ``model`` in place; returns how many."""
+    pairs = list(_pairs(model))
+    for conv, norm, parent, norm_name in pairs:
+        setattr(parent, norm_name, fold_conv_norm(conv, norm))
+    return len(pairs)
+
+
+class _RecordingFeatures(list):
+    """The backbone's output list, noting which entries the head reads."""
+
+    def __init__(self, items):
+        super().__init__(items)
+        self.read: set[int] = set()
+
+    def __getitem__(self, index):
+        positions = range(len(self))[index]
+        self.read.update(positions if isinstance(index, slice) else [positions])
+        return super().__getitem__(index)
+
+    def __iter__(self):
+        self.read.update(range(len(self)))
+        return super().__iter__()
+
+
+def used_features(model: nn.Module) -> set[int]:
+    """Indices of the backbone outputs that ``model.head`` reads in eval mode, found by one small probe forward."""
+    recorder: list[_RecordingFeatures] = []
+
+    def record(module, args):
+        recorder.append(_RecordingFeatures(args[0]))
+        return (recorder[-1], *args[1:])
+
+    handle = model.head.register_forward_pre_hook(record)
+    side = max(getattr(model, "min_input_size", 1), 64)
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, side, side, device=next(model.parameters()).device))
+    finally:
+        handle.remove()
+    return recorder[0].read
+
+
+def _dilated_resnet_forward_keeping(self, x: torch.Tensor) -> list[torch.Tensor | None]:
+    """``DilatedResNet.forward`` that, in eval mode, frees the stage outputs the head never reads (``None``)."""
+    x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
+    outputs = []
+    for index, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4)):
+        x = layer(x)
+        outputs.append(x if self.training or index in self.kept_features else None)
+    return outputs
+
+
+def drop_unused_features(model: nn.Module) -> set[int] | None:
+    """Let a ``DilatedResNet`` backbone free, as soon as the next stage has read them, the stage outputs that the
+    head does not use in eval mode (DANet keeps only layer4: at 1024x2048 that frees 320 MiB of layer1-3).
+    Returns the kept indices, or ``None`` for other backbones (left as they are)."""
+    from .backbones.resnet import DilatedResNet
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, DilatedResNet) or not hasattr(model, "head"):
+        return None
+    backbone.kept_features = {i % 4 for i in used_features(model)}
+    backbone.forward = types.MethodType(_dilated_resnet_forward_keeping, backbone)
+    return backbone.kept_features
+
+
+def _to_channels_last(module: nn.Module, args: tuple) -> tuple:
+    x = args[0]
+    if isinstance(x, torch.Tensor) and x.dim() == 4:
+        return (x.contiguous(memory_format=torch.channels_last), *args[1:])
+    return args
+
+
+def optimize_for_inference(model: nn.Module, *, fold_bn: bool = True, channels_last: bool = True,
+                           compile: bool = False, dtype: torch.dtype | None = None) -> nn.Module:
+    """Make an eval-mode zoo model faster in place and return it (inference only from then on).
+
+    Args:
+        fold_bn: fold every ``conv -> BatchNorm/ABN`` pair (exact up to float rounding).
+        channels_last: keep 4-D weights and activations in NHWC, the layout oneDNN and cuDNN convs prefer.
+        compile: ``torch.compile`` the backbone and the head (Inductor, with weight freezing on CPU). The first
+            call compiles (minutes on a small CPU); later calls with the same input size are fast.
+        dtype: ``torch.bfloat16`` / ``torch.float16`` run the backbone and head under autocast (logits are
+            returned in the input's dtype); ``None`` keeps float32.
+    """
+    if dtype not in (None, torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype must be None, torch.float32, torch.bfloat16 or torch.float16, got {dtype!r}")
+    if "inference_optimized" in getattr(model, "pretrained_cfg", {}):
+        raise ValueError("this model was already optimised for inference; optimise a fresh copy instead")
+    model.eval()
+    model.requires_grad_(False)   # no autograd graph, so the ops' in-place fast paths apply
+    folded = fold_batchnorms(model) if fold_bn else 0
+    kept = drop_unused_features(model)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        model.register_forward_pre_hook(_to_channels_last)
+    if dtype is not None and dtype != torch.float32:
+        model.inference_dtype = dtype      # read by Segmentor.forward
+    if compile:
+        import torch._inductor.config as inductor_config
+        inductor_config.freezing = True    # constant-fold the (now frozen) weights into the compiled graph
+        for name in ("backbone", "head"):
+            getattr(model, name).compile()
+    model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}),
+                            "inference_optimized": {"fold_bn": fold_bn, "folded_norms": folded,
+                                                    "kept_features": sorted(kept) if kept is not None else None,
+                                                    "channels_last": channels_last,
+                                                    "compile": compile, "dtype": str(dtype) if dtype else None}}
+    return model

@@ -1,0 +1,239 @@
+"""Every fast path in cityseg_zoo.ops gives its reference's result on random, odd-sized inputs.
+
+float32 paths agree with the float32 reference to 1e-5 (relative, Frobenius norm); bf16 runs agree with a
+float64 reference to 1e-2. The CUDA-only dispatch is checked on CUDA when one is present (skipped otherwise).
+"""
+import copy
+
+import pytest
+import torch
+
+from cityseg_zoo.ops import attention, criss_cross, gated_fusion
+from cityseg_zoo.ops.gald import GALDBlock
+from cityseg_zoo.ops.gcn import DualGCN
+from cityseg_zoo.ops.object_context import SelfAttentionBlock
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm())
+
+
+def randomised(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random weights and norm statistics everywhere (gammas at init are 0 and would hide the ops)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        for m in module.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return module.eval()
+
+
+# ---------------------------------------------------------------- position attention (DANet PAM)
+
+def qkv(b=2, cq=8, cv=24, n=13 * 19, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(b, c, n, generator=g).to(dtype) for c in (cq, cq, cv))
+
+
+def test_position_attention_sdpa_split_heads_equals_explicit():
+    q, k, v = qkv()
+    assert rel(attention.position_attention_sdpa(q, k, v), attention.position_attention_explicit(q, k, v)) <= 1e-5
+
+
+def test_position_attention_sdpa_in_bf16_is_within_1e_2_of_float64():
+    q, k, v = qkv(seed=1, dtype=torch.bfloat16)
+    expected = attention.position_attention_explicit(*(t.double() for t in (q, k, v)))   # same bf16 inputs
+    out = attention.position_attention_sdpa(q, k, v)
+    assert out.dtype == torch.bfloat16
+    assert rel(out, expected) <= 1e-2
+
+
+def test_position_attention_chunked_in_bf16_is_within_1e_2_of_float64():
+    q, k, v = qkv(seed=2, dtype=torch.bfloat16)
+    expected = attention.position_attention_explicit(*(t.double() for t in (q, k, v)))   # same bf16 inputs
+    out = attention.position_attention_chunked(q, k, v, chunk_entries=1000)
+    assert rel(out, expected) <= 1e-2
+
+
+def test_position_attention_sdpa_rejects_value_channels_not_a_multiple_of_query_channels():
+    q, k, v = qkv(cq=8, cv=20)
+    with pytest.raises(ValueError, match="multiple of query channels 8"):
+        attention.position_attention_sdpa(q, k, v)
+
+
+def test_position_attention_on_cpu_never_takes_the_cuda_only_sdpa_path(monkeypatch):
+    q, k, v = qkv()
+    monkeypatch.setattr(attention, "position_attention_sdpa", lambda *a: pytest.fail("SDPA path on CPU"))
+    assert rel(attention.position_attention(q, k, v, memory_light=True),
+               attention.position_attention_explicit(q, k, v)) <= 1e-5
+
+
+def test_position_attention_module_accepts_channels_last_input():
+    pam = randomised(attention.PositionAttention(16))
+    x = torch.randn(2, 16, 7, 11)
+    with torch.no_grad():
+        assert rel(pam(x.contiguous(memory_format=torch.channels_last)), pam(x)) <= 1e-6
+
+
+def test_channel_attention_accepts_channels_last_input():
+    cam = randomised(attention.ChannelAttention())
+    x = torch.randn(2, 6, 5, 9) * 0.3
+    with torch.no_grad():
+        assert rel(cam(x.contiguous(memory_format=torch.channels_last)), cam(x)) <= 1e-6
+
+
+# ---------------------------------------------------------------- criss-cross attention (CCNet)
+
+@pytest.mark.parametrize("size", [(5, 7), (1, 6), (6, 1), (13, 9)])
+def test_criss_cross_fast_path_equals_reference_on_odd_sizes(size):
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, c, *size, generator=g) for c in (3, 3, 5))
+    with torch.no_grad():
+        fast = criss_cross.criss_cross_attention_fast(q, k, v)
+    assert fast.shape == (2, 5, *size)
+    assert rel(fast, criss_cross.criss_cross_attention_reference(q, k, v)) <= 1e-5
+
+
+def test_criss_cross_fast_path_accepts_channels_last_and_bf16():
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, c, 11, 14, generator=g) for c in (4, 4, 8))
+    expected = criss_cross.criss_cross_attention_reference(q.double(), k.double(), v.double())
+    with torch.no_grad():
+        channels_last = [t.contiguous(memory_format=torch.channels_last) for t in (q, k, v)]
+        assert rel(criss_cross.criss_cross_attention_fast(*channels_last), expected) <= 1e-5
+        bf16 = [t.bfloat16() for t in (q, k, v)]
+        expected_bf16 = criss_cross.criss_cross_attention_reference(*(t.double() for t in bf16))
+        assert rel(criss_cross.criss_cross_attention_fast(*bf16), expected_bf16) <= 1e-2
+
+
+def test_criss_cross_dispatch_keeps_gradients_with_the_reference_and_uses_fast_path_without(monkeypatch):
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, c, 6, 5, generator=g) for c in (3, 3, 4))
+    q.requires_grad_(True)
+    out = criss_cross.criss_cross_attention(q, k, v)          # needs a gradient: the reference
+    out.sum().backward()
+    assert q.grad is not None and q.grad.abs().sum() > 0
+    monkeypatch.setattr(criss_cross, "criss_cross_attention_reference", lambda *a: pytest.fail("reference"))
+    with torch.no_grad():
+        assert rel(criss_cross.criss_cross_attention(q, k, v), out.detach()) <= 1e-5
+
+
+# ---------------------------------------------------------------- element-wise chains (GFF, GALD, DGCNet)
+
+def test_gate_fuse_fast_equals_reference():
+    g = torch.Generator().manual_seed(6)
+    x, incoming = torch.randn(2, 5, 9, 13, generator=g), torch.randn(2, 5, 9, 13, generator=g)
+    gate = torch.rand(2, 5, 9, 13, generator=g)
+    expected = gated_fusion.gate_fuse_reference(x, gate, incoming)
+    assert rel(gated_fusion.gate_fuse_fast(x, gate, incoming.clone()), expected) <= 1e-6
+
+
+def test_gated_fully_fusion_without_gradients_equals_the_differentiable_path():
+    g = torch.Generator().manual_seed(7)
+    sizes = ((17, 23), (9, 12), (5, 6))
+    xs = [torch.randn(2, 4, *s, generator=g).requires_grad_(True) for s in sizes]
+    gs = [torch.rand(2, 4, *s, generator=g) for s in sizes]
+    reference = gated_fusion.gated_fully_fusion(xs, gs, sequential=True)
+    with torch.no_grad():
+        fast = gated_fusion.gated_fully_fusion(xs, gs, sequential=True)
+    for a, b in zip(fast, reference):
+        assert rel(a, b.detach()) <= 1e-6
+
+
+def test_gald_block_fused_distribution_equals_the_papers_composition():
+    block = randomised(GALDBlock(16, 8, groups=4), seed=8)
+    u = torch.randn(2, 16, 17, 21)
+    with torch.no_grad():
+        a = block.aggregate(u)
+        expected = (a + a * block.local_attention.mask(a)) + a          # distribute(a) + a, as the reference
+        assert rel(block(u), expected) <= 1e-6
+
+
+def test_dual_gcn_in_place_residuals_equal_the_differentiable_path():
+    gcn = randomised(DualGCN(16, ratio=4), seed=9)
+    x = torch.randn(2, 16, 15, 19)
+    reference = gcn(x.clone().requires_grad_(True)).detach()
+    with torch.no_grad():
+        assert rel(gcn(x), reference) <= 1e-6
+
+
+def test_object_context_without_the_full_matrix_equals_explicit_attention(monkeypatch):
+    block = randomised(SelfAttentionBlock(12, 6, 8, 12, scale=1), seed=10)
+    x = torch.randn(2, 12, 9, 14)
+    with torch.no_grad():
+        xq = block.f_key(x).flatten(2)
+        xv = block.f_value(x).flatten(2)
+        a = torch.softmax(torch.einsum("bci,bcj->bij", xq.double(), xq.double()) / 6 ** 0.5, dim=-1)
+        expected = block.W(torch.einsum("bij,bcj->bci", a, xv.double()).float().view(2, 8, 9, 14))
+        monkeypatch.setattr(attention, "EXPLICIT_MAX_POSITIONS", 10)   # 126 positions: the chunked path
+        assert rel(block(x), expected) <= 1e-5
+
+
+# ---------------------------------------------------------------- on CUDA, when there is one
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fast_ops_match_reference_on_cuda():
+    q, k, v = (t.cuda() for t in qkv(cq=8, cv=64, n=23 * 29))
+    assert attention._sdpa_fits(q, v)
+    assert rel(attention.position_attention(q, k, v), attention.position_attention_explicit(q, k, v)) <= 1e-5
+    q, k, v = (t.bfloat16() for t in (q, k, v))
+    bf16 = attention.position_attention(q, k, v)
+    assert rel(bf16, attention.position_attention_explicit(q.double(), k.double(), v.double())) <= 1e-2
+    g = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(2, c, 13, 9, generator=g).cuda() for c in (3, 3, 5))
+    with torch.no_grad():
+        assert rel(criss_cross.criss_cross_attention_fast(q, k, v),
+                   criss_cross.criss_cross_attention_reference(q, k, v)) <= 1e-5
+    module = randomised(GALDBlock(16, 8, groups=4), seed=12)
+    u = torch.randn(2, 16, 17, 21)
+    with torch.no_grad():
+        expected = module(u)
+        assert rel(copy.deepcopy(module).cuda()(u.cuda()).cpu(), expected) <= 1e-5
+
+
+# ---------------------------------------------------------------- Triton kernels, run by Triton's CPU interpreter
+
+TRITON_CHECK = """
+import torch
+from cityseg_zoo.ops import triton_kernels as tk
+from cityseg_zoo.ops.gated_fusion import gate_fuse_reference
+g = torch.Generator().manual_seed(13)
+worst = 0.0
+for shape in [(2, 3, 5, 7), (2, 4, 17, 19)]:          # 210 and 2584 elements: one partial and several blocks
+    x, incoming, logits = (torch.randn(shape, generator=g) for _ in range(3))
+    gate = torch.rand(shape, generator=g)
+    expected = gate_fuse_reference(x, gate, incoming)
+    worst = max(worst, float((tk.gate_fuse_triton(x, gate, incoming) - expected).norm() / expected.norm()))
+    a = x.contiguous(memory_format=torch.channels_last)
+    logits = logits.contiguous(memory_format=torch.channels_last)
+    expected = (a + a * torch.sigmoid(logits)) + a
+    out = tk.gald_distribute_triton(a, logits)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    worst = max(worst, float((out - expected).norm() / expected.norm()))
+print("WORST", worst)
+"""
+
+
+def test_triton_kernels_equal_the_references_under_the_interpreter():
+    import os
+    import subprocess
+    import sys
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-c", TRITON_CHECK], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    worst = float(proc.stdout.split("WORST")[-1])
+    assert worst <= 1e-6, worst
+
+
+def test_triton_kernels_are_only_chosen_for_cuda_tensors_of_one_dense_layout():
+    from cityseg_zoo.ops import triton_kernels
+    x = torch.randn(2, 3, 4, 5)
+    assert not triton_kernels.available(x, x)                                        # CPU: PyTorch paths
+    assert triton_kernels.same_dense_layout(x, torch.randn(2, 3, 4, 5))
+    assert not triton_kernels.same_dense_layout(x, x.contiguous(memory_format=torch.channels_last))
+    assert not triton_kernels.same_dense_layout(x[..., :4], x[..., :4].contiguous())          # a strided view

@@ -162,30 +162,6 @@ def _to_channels_last(module: nn.Module, args: tuple) -> tuple:
     return args
 
 
-def _to_contiguous(module: nn.Module, args: tuple) -> tuple:
-    return (args[0].contiguous(), *args[1:])
-
-
-def _prefers_nchw(conv: nn.Module) -> bool:
-    """Wide undilated 3x3 convs (the heads' 2048/4096 -> 512 bottlenecks) run faster in NCHW with oneDNN on CPU:
-    214 vs 176 GFLOP/s for 2048->512 at 64x128 on the 2-core CI machine, while dilated ones prefer NHWC (258 vs
-    193)."""
-    return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.dilation == (1, 1)
-            and conv.stride == (1, 1) and conv.groups == 1 and conv.in_channels >= 1024
-            and conv.weight.device.type == "cpu")
-
-
-def _layout_per_conv(model: nn.Module) -> int:
-    """Put the convs :func:`_prefers_nchw` picks back in NCHW (weight and input); the rest stay channels_last."""
-    moved = 0
-    for module in model.modules():
-        if _prefers_nchw(module):
-            module.weight.data = module.weight.data.contiguous()
-            module.register_forward_pre_hook(_to_contiguous)
-            moved += 1
-    return moved
-
-
 def optimize_for_inference(model: nn.Module, *, fold_bn: bool = True, channels_last: bool = True,
                            compile: bool = False, dtype: torch.dtype | None = None) -> nn.Module:
     """Make an eval-mode zoo model faster in place and return it (inference only from then on).
@@ -209,7 +185,6 @@ def optimize_for_inference(model: nn.Module, *, fold_bn: bool = True, channels_l
     if channels_last:
         model.to(memory_format=torch.channels_last)
         model.register_forward_pre_hook(_to_channels_last)
-        _layout_per_conv(model)
     if dtype is not None and dtype != torch.float32:
         model.inference_dtype = dtype      # read by Segmentor.forward
     if compile:

@@ -85,7 +85,7 @@ def test_readme_weight_table_is_the_manifest():
 
 # --- hashes ------------------------------------------------------------------------------------------------------
 
-def test_documented_hash_prefix_is_checked(fcn_checkpoint):
+def test_documented_hash_prefix_is_checked():
     import hashlib
     data = b"weights" * 1000
     digest = hashlib.sha256(data).hexdigest()

@@ -55,7 +55,6 @@ def dilated_resnet(
     layer4_dilations: Sequence[int] = (4, 4, 4),
     ceil_mode_pool: bool = True,
     norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d,
-    pretrained: bool = False,
 ) -> DilatedResNet:
     """Build an output-stride-8 ResNet.
 
@@ -65,9 +64,10 @@ def dilated_resnet(
         layer4_dilations: per-block dilations of layer4 (multi-grid (1, 2, 4) at base 4 gives 4, 8, 16).
         ceil_mode_pool: max-pool with ``ceil_mode=True`` as lxtGH / speedinghzl / OCNet do.
         norm_layer: normalisation of every backbone norm (``ABN`` with identity activation for InPlaceABN repos).
-        pretrained: load timm's ImageNet weights (needs network or timm's cache).
+
+    ImageNet weights: ``create_model(..., pretrained_backbone=True)`` (``factory.load_backbone_imagenet``).
     """
-    trunk = timm.create_model(variant, pretrained=pretrained, output_stride=8, num_classes=0,
+    trunk = timm.create_model(variant, output_stride=8, num_classes=0,
                               global_pool="", norm_layer=norm_layer)
     if isinstance(layer3_dilations, int):
         layer3_dilations = [layer3_dilations] * len(trunk.layer3)

@@ -168,11 +168,16 @@ def where_to_get(weight: dict) -> str:
 def fetch_weights(weight: dict, *, mirror: str | None = None, offline: bool | None = None,
                   progress: bool = True) -> Path:
     """Return a verified local path of ``weight``'s file, downloading it if needed (see module docstring)."""
+    return fetch_verified(weight, mirror=mirror, offline=offline, progress=progress)[0]
+
+
+def fetch_verified(weight: dict, *, mirror: str | None = None, offline: bool | None = None,
+                   progress: bool = True) -> tuple[Path, str]:
+    """:func:`fetch_weights`, also returning the file's sha256 computed while verifying it."""
     filename = weight["filename"]
     for folder in [Path(d) for d in os.environ.get(WEIGHTS_DIR_ENV, "").split(os.pathsep) if d]:
         if (folder / filename).is_file():
-            verify(folder / filename, weight)  # a user's file is checked but never deleted
-            return folder / filename
+            return folder / filename, verify(folder / filename, weight)  # checked but never deleted
 
     target = cache_dir() / "weights" / filename
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -181,8 +186,7 @@ def fetch_weights(weight: dict, *, mirror: str | None = None, offline: bool | No
     with FileLock(str(target) + ".lock"):
         if target.is_file():
             try:
-                verify(target, weight)
-                return target
+                return target, verify(target, weight)
             except HashMismatchError as err:
                 warnings.warn(f"{err}; downloading it again", stacklevel=2)
                 target.unlink()
@@ -218,7 +222,7 @@ def _temporary_beside(target: Path):
         Path(name).unlink(missing_ok=True)
 
 
-def _fetch_one(source: dict, target: Path, weight: dict, progress: bool) -> Path:
+def _fetch_one(source: dict, target: Path, weight: dict, progress: bool) -> tuple[Path, str]:
     """Put ``source``'s bytes in a temporary file, verify them, then rename the file to ``target``."""
     kind = source["kind"]
     with _temporary_beside(target) as tmp:
@@ -235,4 +239,4 @@ def _fetch_one(source: dict, target: Path, weight: dict, progress: bool) -> Path
         digest = verify(tmp, weight)
         os.replace(tmp, target)
     _pin_first_use(weight, digest)
-    return target
+    return target, digest

@@ -20,8 +20,8 @@ from ..errors import CheckpointError
 from .checkpoint import read_state_dict
 from ..data.cityscapes import NUM_CLASSES
 from .convert import NATIVE, ConversionReport, convert_state_dict
-from .download import (HashMismatchError, _temporary_beside, cache_dir, fetch_weights, is_offline, pin_path,
-                       sha256sum, verify)
+from .download import (HashMismatchError, _temporary_beside, cache_dir, fetch_verified, fetch_weights, pin_path,
+                       sha256sum)
 
 FORMAT_TAG = "cityseg_zoo"
 LAYOUT_VERSION = "1"  # bump when the zoo renames its own keys: converted files of another version are redone
@@ -103,9 +103,7 @@ def weight_file(weight: dict, *, mirror: str | None = None, offline: bool | None
             except HashMismatchError as err:
                 warnings.warn(f"{err}; converting it again", stacklevel=2)
                 target.unlink()
-        source = fetch_weights(weight, mirror=mirror, offline=is_offline() if offline is None else offline,
-                               progress=progress)
-        digest = verify(source, weight)
+        source, digest = fetch_verified(weight, mirror=mirror, offline=offline, progress=progress)
         convert_file(source, weight["architecture"], target, layout=weight["layout"],
                      num_classes=weight["num_classes"],
                      metadata={"weights": weight["name"], "source_file": weight["filename"], "source_sha256": digest})

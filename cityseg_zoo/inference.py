@@ -25,6 +25,12 @@ Scales: the batch is resized (bilinear, the model's ``align_corners``) to ``int(
 1024x2048 frame the same sizes as DANet's ``base_size`` 2048), predicted, and resized back to the input size.
 mmseg's TTA averages softmax probabilities instead; that is not reproduced.
 
+Batching (``tile_batch=N``, ``--tile-batch N``): the crops of one scale (tiles, flipped tiles, the flipped image's
+tiles, or in whole-image mode the image and its flipped copy) go through the network ``N`` at a time, stacked
+along the batch dimension, and are accumulated in the same order as one by one; batching is per tile position
+across the ``B`` images of ``x`` (one forward holds ``N * B`` crops). Memory grows with ``N``, never with the
+number of tiles; ``N = 1`` (default) is the unbatched computation.
+
 Not reproduced: DecoupleSegNets' ``eval.py`` (GFF-Net) grows the tile to ``crop * scale`` for scales above 1, never
 pads a tile, resizes images with PIL bilinear (antialiased when shrinking) and logits back with OpenCV
 (``align_corners=False``); the ``"gald"`` style used for it keeps the crop at every scale and resizes with torch.
@@ -162,30 +168,95 @@ def _pad_tile(tile: torch.Tensor, crop_size: tuple[int, int], value: torch.Tenso
     return padded
 
 
+def _tile_batch(value) -> int:
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"tile_batch must be a positive int (crops per forward pass), got {value!r}")
+    return value
+
+
+def _forward_in_batches(model: nn.Module, crops: Iterator[tuple[object, torch.Tensor]], tile_batch: int
+                        ) -> Iterator[tuple[object, torch.Tensor]]:
+    """``(key, model(crop).float())`` for every ``(key, crop [B, 3, h, w])``, in order.
+
+    ``tile_batch`` crops (all of one shape) are concatenated along the batch dimension into one forward pass of
+    ``tile_batch * B`` images; ``1`` runs each crop on its own. Never more than ``tile_batch`` crops are held.
+    """
+    if tile_batch == 1:
+        for key, crop in crops:
+            yield key, model(crop).float()
+        return
+    pending: list[tuple[object, torch.Tensor]] = []
+
+    def flush():
+        out = model(torch.cat([crop for _, crop in pending]) if len(pending) > 1 else pending[0][1]).float()
+        results = list(zip((key for key, _ in pending), out.split(pending[0][1].shape[0])))
+        pending.clear()
+        return results
+
+    for key, crop in crops:
+        pending.append((key, crop))
+        if len(pending) == tile_batch:
+            yield from flush()
+    if pending:
+        yield from flush()
+
+
+def _slide_many(model: nn.Module, inputs: Sequence[torch.Tensor], crop_size: tuple[int, int],
+                stride: tuple[int, int], style: str, flip: bool, tile_batch: int) -> list[torch.Tensor]:
+    """:func:`predict_slide` of each of ``inputs`` (same shape), their tiles forwarded ``tile_batch`` at a time.
+
+    Crops are enumerated input by input, tile by tile (each ``"encoding"`` tile followed by its flipped copy when
+    ``flip``), and accumulated in that order: with the same per-crop logits the result is bit-identical to
+    running them one by one.
+    """
+    height, width = inputs[0].shape[-2:]
+    batch = inputs[0].shape[0]
+    pad_value = _black_pixel(model) if style == "encoding" else None
+    windows = list(slide_windows(height, width, crop_size, stride, style))
+    flips = (False, True) if style == "encoding" and flip else (False,)
+
+    def crops():
+        for index, x in enumerate(inputs):
+            for window in windows:
+                y1, y2, x1, x2 = window
+                tile = _pad_tile(x[..., y1:y2, x1:x2], crop_size, pad_value)
+                for flipped in flips:
+                    yield (index, window, flipped), tile.flip(-1) if flipped else tile
+
+    totals: list[torch.Tensor | None] = [None] * len(inputs)
+    count = None
+    partial = None  # the plain half of an "encoding" tile whose flipped half is still to come
+    for (index, (y1, y2, x1, x2), flipped), score in _forward_in_batches(model, crops(), tile_batch):
+        if style == "encoding":
+            if flip and not flipped:
+                partial = score
+                continue
+            if flipped:
+                score, partial = partial + score.flip(-1), None
+            score = score.double().exp()
+        score = score[..., : y2 - y1, : x2 - x1]
+        if totals[index] is None:
+            totals[index] = score.new_zeros((batch, score.shape[1], height, width))
+        if count is None:
+            count = score.new_zeros((1, 1, height, width))
+        totals[index][..., y1:y2, x1:x2] += score
+        if index == 0:
+            count[..., y1:y2, x1:x2] += 1
+    return [total / count for total in totals]
+
+
 def predict_slide(model: nn.Module, x: torch.Tensor, crop_size: tuple[int, int], stride: tuple[int, int],
-                  style: str = "gald", flip: bool = False) -> torch.Tensor:
+                  style: str = "gald", flip: bool = False, tile_batch: int = 1) -> torch.Tensor:
     """Sliding-window scores ``[B, C, H, W]``, overlapping tiles averaged per pixel (see the module docstring).
 
     ``"gald"``: mean tile logits (float32); ``flip`` must be applied by the caller to the whole image.
     ``"encoding"``: mean of ``exp(f(tile) [+ flip(f(flip(tile)))])`` (float64), the reference's scores.
+    ``tile_batch``: how many crops go through the network in one forward pass (a flipped ``"encoding"`` tile
+    counts as a crop); each forward then holds ``tile_batch * B`` images. ``1`` (default) runs them one by one.
     """
-    height, width = x.shape[-2:]
-    pad_value = _black_pixel(model) if style == "encoding" else None
-    total = count = None
-    for y1, y2, x1, x2 in slide_windows(height, width, crop_size, stride, style):
-        tile = _pad_tile(x[..., y1:y2, x1:x2], crop_size, pad_value)
-        score = model(tile).float()
-        if style == "encoding":
-            if flip:
-                score = score + model(tile.flip(-1)).float().flip(-1)
-            score = score.double().exp()
-        score = score[..., : y2 - y1, : x2 - x1]
-        if total is None:
-            total = score.new_zeros((x.shape[0], score.shape[1], height, width))
-            count = score.new_zeros((1, 1, height, width))
-        total[..., y1:y2, x1:x2] += score
-        count[..., y1:y2, x1:x2] += 1
-    return total / count
+    return _slide_many(model, [x], crop_size, stride, style, flip, _tile_batch(tile_batch))[0]
 
 
 def _min_size_message(model: nn.Module, side_h: int, side_w: int, what: str) -> str | None:
@@ -236,7 +307,8 @@ def _model_device(model: nn.Module) -> torch.device:
 def predict(model: nn.Module, x: torch.Tensor, *, mode: str | None = None,
             crop_size: int | Sequence[int] | None = None, stride: int | Sequence[int] | None = None,
             scales: Sequence[float] | None = None, flip: bool | None = None, style: str | None = None,
-            protocol: EvalProtocol | None = None, amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+            protocol: EvalProtocol | None = None, amp_dtype: torch.dtype | None = None,
+            tile_batch: int | None = None) -> torch.Tensor:
     """Logits ``[B, num_classes, H, W]`` (float32, on the model's device) of a normalised batch ``x``.
 
     Args:
@@ -246,8 +318,16 @@ def predict(model: nn.Module, x: torch.Tensor, *, mode: str | None = None,
         protocol: the base protocol; defaults to ``EvalProtocol.from_cfg(model.pretrained_cfg)``.
         amp_dtype: ``torch.bfloat16`` or ``torch.float16`` to run the network under autocast; logits are
             accumulated in float32 either way.
+        tile_batch: at most this many crops of each image per forward pass (default 1: one at a time). The
+            crops of one scale, sliding-window tiles, their flipped copies and the flipped image's tiles, are
+            stacked along the batch dimension, so a forward pass holds ``tile_batch * B`` images (the same
+            tile of all B images together) and memory grows with it; in whole-image mode ``tile_batch >= 2``
+            runs an image and its flipped copy together. Scales are never mixed. The result equals
+            ``tile_batch=1`` up to float rounding of the network at another batch size (eval mode: BatchNorm
+            uses running statistics, so nothing depends on the batch).
     """
     _check_batch(model, x)
+    tile_batch = _tile_batch(tile_batch)
     base = protocol or EvalProtocol.from_cfg(getattr(model, "pretrained_cfg", {}))
     proto = base.override(mode=mode, crop_size=crop_size, stride=stride,
                           scales=tuple(scales) if scales is not None else None, flip=flip, style=style)
@@ -273,12 +353,16 @@ def predict(model: nn.Module, x: torch.Tensor, *, mode: str | None = None,
                 if problem:
                     raise InputError(problem)
             scaled = resize(x, size, align_corners) if scale != 1 else x
-            for flipped in flips:
-                inp = scaled.flip(-1) if flipped else scaled
-                if proto.mode == "slide":
-                    out = predict_slide(model, inp, proto.crop_size, proto.stride, proto.style, proto.flip)
-                else:
-                    out = model(inp).float()
+            inputs = (scaled.flip(-1) if flipped else scaled for flipped in flips)  # made when needed
+            if tile_batch == 1:  # one orientation, one crop at a time
+                outs = (predict_slide(model, inp, proto.crop_size, proto.stride, proto.style, proto.flip)
+                        if proto.mode == "slide" else model(inp).float() for inp in inputs)
+            elif proto.mode == "slide":  # the flipped image's tiles join the same batches
+                outs = _slide_many(model, list(inputs), proto.crop_size, proto.stride, proto.style, proto.flip,
+                                   tile_batch)
+            else:  # the image and its flipped copy in one forward pass
+                outs = [score for _, score in _forward_in_batches(model, enumerate(inputs), tile_batch)]
+            for flipped, out in zip(flips, outs):
                 if flipped:
                     out = out.flip(-1)
                 out = resize(out, (height, width), align_corners)

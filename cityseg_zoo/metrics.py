@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -116,36 +115,29 @@ def init_distributed(device: torch.device | str = "cpu") -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def _progress(done: int, total: int, start: float) -> None:
-    stream = sys.stderr  # looked up per call: it may be redirected after import
-    filled = 30 * done // max(total, 1)
-    elapsed = time.monotonic() - start
-    eta = elapsed / done * (total - done) if done else 0.0
-    stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} images, {elapsed:.0f}s elapsed, "
-                 f"eta {eta:.0f}s")
-    if done == total:
-        stream.write("\n")
-    stream.flush()
-
-
 def evaluate(model: torch.nn.Module, dataset, indices: Sequence[int] | None = None, progress: bool = False,
              **predict_options) -> ConfusionMatrix:
     """The confusion matrix of ``model`` over ``dataset`` items ``(image uint8, trainIds, name)``.
 
     ``indices`` restricts to a shard (e.g. ``dataset.shard(rank, world_size)``); the result is summed over all
-    processes when a process group is initialised. ``predict_options`` go to :func:`cityseg_zoo.inference.predict`.
+    processes when a process group is initialised. ``predict_options`` go to :func:`cityseg_zoo.inference.predict`
+    (e.g. ``protocol``, ``amp_dtype``, ``tile_batch``). ``progress``: a tqdm bar on stderr with images done, elapsed
+    time, ETA and images/s.
     """
+    from tqdm import tqdm
+
     from .inference import segment
     indices = list(range(len(dataset))) if indices is None else list(indices)
     cfg = getattr(model, "pretrained_cfg", {})
     num_classes = cfg.get("num_classes") or NUM_CLASSES
     confusion = ConfusionMatrix(num_classes, class_names=cfg.get("classes"))
-    start = time.monotonic()
-    for done, index in enumerate(indices, 1):
-        image, label, _ = dataset[index]
-        if label is None:
-            raise InputError("evaluation needs ground-truth labels (this split was read with labels=False)")
-        confusion.update(segment(model, image, **predict_options).cpu(), label)
-        if progress:
-            _progress(done, len(indices), start)
+    # sys.stderr looked up per call: it may be redirected after import
+    with tqdm(total=len(indices), desc="eval", unit="img", file=sys.stderr, disable=not progress,
+              dynamic_ncols=True) as bar:
+        for index in indices:
+            image, label, _ = dataset[index]
+            if label is None:
+                raise InputError("evaluation needs ground-truth labels (this split was read with labels=False)")
+            confusion.update(segment(model, image, **predict_options).cpu(), label)
+            bar.update(1)
     return confusion.all_reduce()

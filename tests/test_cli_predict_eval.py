@@ -52,7 +52,32 @@ def test_eval_miou_equals_an_independent_count_over_the_predicted_pngs(cityscape
     assert scores["pixel_accuracy"] == pytest.approx(accuracy, rel=1e-12, abs=0)
     np.testing.assert_allclose(list(scores["iou"].values()), ious, rtol=1e-12)
     assert re.search(rf"^mIoU +{100 * miou:.2f}$", printed.out, re.MULTILINE)
-    assert "road" in printed.out and "3/3 images" in printed.err  # per-class table and progress bar
+    assert "road" in printed.out and "3/3" in printed.err  # per-class table and progress bar
+
+
+# tqdm's "n/total [elapsed<remaining, rate]": the ETA and images/s (s/img when slower than one a second)
+PROGRESS = re.compile(r"eval: +100%.*\| 3/3 \[\d\d:\d\d<\d\d:\d\d, +\d+(\.\d+)?(img/s|s/img)\]")
+
+
+def test_tile_batch_gives_the_same_scores_and_pngs_and_progress_shows_eta_and_rate(cityscapes, weights, tmp_path,
+                                                                                   capsys):
+    root, pairs = cityscapes
+    model = ["--model", "fcn_r50", "--weights", str(weights), *SLIDE, "--flip"]  # 6 tiles x 2 orientations
+    for n in ("1", "5"):
+        assert main(["eval", "--data", str(root), "--json", str(tmp_path / f"scores{n}.json"), *model,
+                     "--tile-batch", n]) == 0
+        err = capsys.readouterr().err
+        assert PROGRESS.search(err), err
+        assert ("5 crops per forward" in err) == (n == "5")
+        assert main(["predict", str(pairs[0][0]), "--out", str(tmp_path / n), *model, "--tile-batch", n]) == 0
+    one, five = (json.loads((tmp_path / f"scores{n}.json").read_text()) for n in ("1", "5"))
+    assert five["confusion_matrix"] == one["confusion_matrix"]
+    stem = pairs[0][0].name[:-4]
+    np.testing.assert_array_equal(np.array(Image.open(tmp_path / "5" / f"{stem}_trainIds.png")),
+                                  np.array(Image.open(tmp_path / "1" / f"{stem}_trainIds.png")))
+    with pytest.raises(SystemExit):
+        main(["eval", "--data", str(root), *model, "--tile-batch", "0"])
+    assert "--tile-batch: must be a positive integer, got '0'" in capsys.readouterr().err
 
 
 def test_predict_writes_train_ids_colours_and_a_side_by_side_overlay(cityscapes, weights, tmp_path):

@@ -7,7 +7,7 @@ from torch import nn
 import cityseg_zoo
 from cityseg_zoo.data import IMAGENET_RGB, preprocess
 from cityseg_zoo.errors import InputError
-from cityseg_zoo.inference import EvalProtocol, predict, segment, slide_windows
+from cityseg_zoo.inference import EvalProtocol, predict, predict_slide, segment, slide_windows
 
 torch.set_num_threads(1)
 
@@ -231,3 +231,137 @@ def test_every_published_weight_has_a_readable_eval_protocol():
     assert protocols and all(p.mode in ("whole", "slide") for p in protocols.values())
     # models.md §1/§2: GALD/DGCNet eval.py slides 832 px tiles with 1/3 overlap, single scale
     assert str(protocols["dgcnet_r101_cityscapes"]) == "sliding window 832x832, stride 555x555, scales 1, no flip"
+
+
+# ---------------------------------------------------------------- tile_batch: several crops per forward pass
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative error, Frobenius norm (as in the golden tests)."""
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def record_batches(model: nn.Module) -> list[int]:
+    sizes = []
+    model.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
+    return sizes
+
+
+def expected_forwards(height, width, protocol: EvalProtocol, batch: int, tile_batch: int) -> list[int]:
+    """Batch sizes of the forward passes: per scale, every crop (tiles x flips) in chunks of ``tile_batch``."""
+    sizes = []
+    for scale in protocol.scales:
+        h, w = int(height * scale + 0.5), int(width * scale + 0.5)
+        crops = 1 if protocol.mode == "whole" else len(list(slide_windows(h, w, protocol.crop_size,
+                                                                          protocol.stride, protocol.style)))
+        crops *= 2 if protocol.flip else 1
+        sizes += [min(tile_batch, crops - start) * batch for start in range(0, crops, tile_batch)]
+    return sizes
+
+
+TILE_CASES = {  # batch, height, width, scales; crop 16, stride 11
+    "one image": (1, 37, 53, (1.0,)),
+    "two images, three scales": (2, 37, 53, (0.75, 1.0, 1.5)),
+    "smaller than the crop": (1, 11, 13, (1.0, 1.25)),
+}
+
+
+@pytest.mark.parametrize("case", TILE_CASES)
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("style", ["gald", "encoding"])
+def test_tile_batch_equals_tile_by_tile_for_a_conv_model(style, flip, case):
+    batch, height, width, scales = TILE_CASES[case]
+    model = ConvModel(kernel=(3, 3), classes=5)  # a 3x3 conv: tiles differ from the whole image at seams
+    sizes = record_batches(model)
+    x = torch.randn(batch, 3, height, width)
+    options = dict(mode="slide", crop_size=16, stride=11, style=style, flip=flip, scales=scales)
+    protocol = EvalProtocol().override(**options)
+    reference = predict(model, x, **options)
+    assert sizes == expected_forwards(height, width, protocol, batch, 1)  # tile_batch=1: one crop per forward
+    for tile_batch in (2, 5, 64):  # 5 divides none of the crop counts; 64 takes every crop of a scale at once
+        sizes.clear()
+        out = predict(model, x, tile_batch=tile_batch, **options)
+        assert sizes == expected_forwards(height, width, protocol, batch, tile_batch)
+        assert max(sizes) <= tile_batch * batch  # memory bounded by the batch
+        assert out.shape == reference.shape and out.dtype == torch.float32
+        assert rel(out, reference) <= 1e-6, (tile_batch, rel(out, reference))
+
+
+@pytest.mark.parametrize("scales", [(1.0,), (0.5, 1.25)])
+def test_tile_batch_runs_the_whole_image_and_its_flip_together(scales):
+    model = ConvModel(kernel=(1, 3))  # left-right asymmetric: the flipped half matters
+    sizes = record_batches(model)
+    x = torch.randn(2, 3, 21, 30)
+    reference = predict(model, x, flip=True, scales=scales)
+    assert sizes == [2, 2] * len(scales)
+    sizes.clear()
+    out = predict(model, x, flip=True, scales=scales, tile_batch=2)
+    assert sizes == [4] * len(scales)  # image + flipped copy of both images in one pass; scales never mixed
+    assert rel(out, reference) <= 1e-6
+    sizes.clear()
+    torch.testing.assert_close(predict(model, x, scales=scales, tile_batch=8), predict(model, x, scales=scales))
+    assert sizes == [2] * 2 * len(scales)  # no flip: nothing to batch
+
+
+def test_encoding_flip_halves_split_across_batches_are_paired():
+    # 4 tiles x 2 flips = 8 crops in batches of 3: tile 2's plain and flipped halves land in different batches
+    model = CallCounter()
+    x = torch.zeros(1, 3, 11, 4)
+    options = dict(mode="slide", crop_size=4, stride=3, style="encoding", flip=True)
+    reference = predict(model, x, **options)
+    model.calls = 0
+    out = predict(model, x, tile_batch=3, **options)
+    assert model.calls == 3
+    # CallCounter returns one constant per call: every crop of a batch gets the batch's value, so only the
+    # pairing of halves and the tile weights are checked here, against the values it must give
+    values = [1, 1, 1, 2, 2, 2, 3, 3]  # crop k in batch k // 3 + 1; crops 2k, 2k + 1 are tile k and its flip
+    scores = [torch.tensor(float(values[2 * k] + values[2 * k + 1]), dtype=torch.float64).exp() for k in range(4)]
+    rows = [(0,), (0,), (0,), (0, 1), (1,), (1,), (1, 2), (2,), (2,), (2, 3), (3,)]
+    for row, tiles in enumerate(rows):
+        expected = (torch.stack([scores[k] for k in tiles]).mean().log() / 2).float()
+        torch.testing.assert_close(out[0, 0, row], expected.expand(4))
+    assert reference.shape == out.shape
+
+
+def test_tile_batch_must_be_a_positive_int():
+    model = ConvModel()
+    x = torch.randn(1, 3, 8, 8)
+    for bad in (0, -2, 1.5, True, "4"):
+        with pytest.raises(InputError, match="tile_batch must be a positive int"):
+            predict(model, x, mode="slide", crop_size=4, tile_batch=bad)
+    torch.testing.assert_close(predict_slide(model, x, (4, 4), (3, 3), tile_batch=3),
+                               predict_slide(model, x, (4, 4), (3, 3)))
+
+
+@pytest.mark.parametrize("style", ["gald", "encoding"])
+def test_tile_batch_on_a_zoo_model_equals_tile_by_tile(style):
+    torch.manual_seed(0)
+    model = cityseg_zoo.create_model("pspnet_r50").eval()
+    x = torch.randn(1, 3, 97, 131)
+    options = dict(mode="slide", crop_size=65, style=style, flip=True, scales=(0.75, 1.0))
+    reference = predict(model, x, **options)  # 4 + 6 tiles, each twice (flip): 20 crops, 4 batches of 5
+    out = predict(model, x, tile_batch=5, **options)
+    # float32: oneDNN picks other convolution kernels for batch 1 and batch 5, which round differently
+    # (measured 1.8e-7 gald, 7.0e-7 encoding); eval-mode BatchNorm itself is batch-independent
+    assert rel(out, reference) <= 5e-6, rel(out, reference)
+
+
+def test_tile_batch_on_a_zoo_model_in_float64_is_exact():
+    # float64 shows the batching itself changes nothing: the logits, rounded to float32, came out bit-identical
+    # here; 1e-9 leaves room for a rare one-ulp float32 rounding flip on another CPU
+    torch.manual_seed(0)
+    model = cityseg_zoo.create_model("pspnet_r50").eval().double()
+    x = torch.randn(1, 3, 40, 45, dtype=torch.float64)
+    for style, flip in (("gald", False), ("encoding", True)):  # 4 tiles, 4 or 8 crops, batches of 3
+        options = dict(mode="slide", crop_size=33, style=style, flip=flip)
+        assert rel(predict(model, x, tile_batch=3, **options), predict(model, x, **options)) <= 1e-9
+
+
+def test_tile_batch_on_a_zoo_model_for_two_images_smaller_than_the_crop():
+    torch.manual_seed(0)
+    model = cityseg_zoo.create_model("pspnet_r50").eval()
+    x = torch.randn(2, 3, 50, 60)
+    for options in (dict(mode="slide", crop_size=65, flip=True), dict(mode="slide", crop_size=65, flip=True,
+                                                                      style="encoding"), dict(flip=True)):
+        reference = predict(model, x, **options)  # one padded tile (or the whole image), twice
+        out = predict(model, x, tile_batch=2, **options)
+        assert rel(out, reference) <= 5e-6, (options, rel(out, reference))

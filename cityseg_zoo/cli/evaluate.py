@@ -34,16 +34,16 @@ def run(args: argparse.Namespace) -> int:
     rank, world_size = init_distributed(resolve_device(args.device))
     model = load_model(args)
     options = protocol_options(args)
-    amp = options.pop("amp_dtype")
+    amp, tile_batch = options.pop("amp_dtype"), options.pop("tile_batch")
     protocol = EvalProtocol.from_cfg(model.pretrained_cfg).override(**options)
     count = len(dataset) if args.limit is None else min(args.limit, len(dataset))
     indices = list(range(count))[rank::world_size]
     if rank == 0:
-        print(f"{args.model} on {args.data} {args.split}: {count} images, {world_size} process(es), {protocol}",
-              file=sys.stderr)
+        print(f"{args.model} on {args.data} {args.split}: {count} images, {world_size} process(es), {protocol}"
+              + (f", {tile_batch} crops per forward" if tile_batch > 1 else ""), file=sys.stderr)
     try:
         confusion = evaluate(model, dataset, indices, progress=rank == 0 and not args.no_progress,
-                             protocol=protocol, amp_dtype=amp)
+                             protocol=protocol, amp_dtype=amp, tile_batch=tile_batch)
     finally:
         if world_size > 1:
             import torch.distributed as dist

@@ -36,6 +36,20 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     proto.add_argument("--scales", type=float, nargs="+", metavar="S", help="e.g. 0.75 1.0 1.25")
     proto.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                        help="average with the horizontally flipped prediction")
+    proto.add_argument("--tile-batch", type=_positive_int, default=1, metavar="N",
+                       help="run up to N crops of an image (sliding-window tiles, flipped copies) through the "
+                            "network in one batch: same result to float rounding, memory grows with N "
+                            "(default 1: one at a time)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
 
 
 def _size(values: list[int] | None, option: str):
@@ -47,9 +61,14 @@ def _size(values: list[int] | None, option: str):
 
 
 def protocol_options(args: argparse.Namespace) -> dict:
-    """Keyword overrides for :func:`cityseg_zoo.inference.predict` (``None`` = keep the weight's default)."""
+    """Keyword overrides for :func:`cityseg_zoo.inference.predict` (``None`` = keep the weight's default).
+
+    ``amp_dtype`` and ``tile_batch`` are how to run, not part of the protocol: pop them before
+    ``EvalProtocol.override``.
+    """
     return {"mode": args.mode, "crop_size": _size(args.crop, "--crop"), "stride": _size(args.stride, "--stride"),
-            "scales": args.scales, "flip": args.flip, "style": args.style, "amp_dtype": AMP_DTYPES.get(args.amp)}
+            "scales": args.scales, "flip": args.flip, "style": args.style, "amp_dtype": AMP_DTYPES.get(args.amp),
+            "tile_batch": getattr(args, "tile_batch", 1)}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -93,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"no such image file: {', '.join(missing)}")
     model = load_model(args)
     options = protocol_options(args)
-    amp = options.pop("amp_dtype")
+    amp, tile_batch = options.pop("amp_dtype"), options.pop("tile_batch")
     protocol = EvalProtocol.from_cfg(model.pretrained_cfg).override(**options)
     palette = model.pretrained_cfg.get("palette")
     if palette is None:
@@ -102,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for path in args.images:
         image = load_image(path)
-        labels = segment(model, image, protocol=protocol, amp_dtype=amp).cpu()
+        labels = segment(model, image, protocol=protocol, amp_dtype=amp, tile_batch=tile_batch).cpu()
         stem = path.name.rsplit(".", 1)[0]
         Image.fromarray(labels.to(torch.uint8).numpy()).save(args.out / f"{stem}_trainIds.png")
         Image.fromarray(colorize(labels, palette)).save(args.out / f"{stem}_color.png")

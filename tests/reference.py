@@ -132,22 +132,37 @@ def manifest_entry(name: str, architecture: str, filename: str, data: bytes, sou
                    layout: str, **overrides) -> dict:
     """A schema-valid weight entry for a checkpoint a test serves (full sha256 and size of ``data``)."""
     import hashlib
-    from cityseg_zoo.registry import get_entry
     entry = {"name": name, "architecture": architecture, "family": "original", "num_classes": 19,
              "classes": "cityscapes_trainids", "filename": filename, "format": "pth", "container": "bare",
              "layout": layout, "sources": sources, "integrity": "sha256",
              "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
-             "input": json.loads(json.dumps(get_entry(architecture).cfg["input"])),
              "eval": {"mode": "whole", "crop_size": None, "stride": None, "scales": [1.0], "flip": False},
              "reported": {}, "license": "test", "citation": "test"}
     entry.update(overrides)
     return entry
 
 
+def toy_weight(name: str, filename: str, data: bytes, sources: list[dict], **overrides):
+    """A :class:`WeightSpec` of a served file, for the download layer's tests (full sha256 and size by default)."""
+    from cityseg_zoo.specs import WeightSpec
+    return WeightSpec.from_manifest(manifest_entry(name, "fcn_r50", filename, data, sources, "ocnet_baseline",
+                                                   **overrides))
+
+
+def shipped_entry(name: str) -> dict:
+    """A copy of the shipped manifest's raw JSON entry ``name``."""
+    from cityseg_zoo.hub.manifest import load_manifest
+    return next(e for e in load_manifest()["weights"] if e["name"] == name)
+
+
 def with_manifest_entries(monkeypatch, *entries: dict) -> None:
-    """Make ``entries`` resolvable by name, after validating them against the manifest schema."""
+    """Make ``entries`` resolvable by name, after validating them as the shipped manifest is validated."""
     import cityseg_zoo.registry as registry
     from cityseg_zoo.hub.manifest import SCHEMA_VERSION, validate_manifest
+    from cityseg_zoo.specs import WeightSpec
     validate_manifest({"schema_version": SCHEMA_VERSION, "weights": list(entries)})
-    manifest = {**registry.weights_manifest(), **{e["name"]: e for e in entries}}
+    specs = {e["name"]: WeightSpec.from_manifest(e) for e in entries}
+    problems = [p for spec in specs.values() for p in registry.weight_problems(spec)]
+    assert not problems, problems
+    manifest = {**registry.weights_manifest(), **specs}
     monkeypatch.setattr(registry, "weights_manifest", lambda: manifest)

@@ -231,7 +231,7 @@ def test_mmseg_r101_key_set_maps_strictly_onto_the_zoo_model(head):
     state = {k: torch.empty(shape) for k, shape in keys.items()}
     with torch.device("meta"):
         model_state = cityseg_zoo.create_model(f"mmseg_{head}_r101").state_dict()
-    (layout,) = cityseg_zoo.registry.get_entry(f"mmseg_{head}_r101").layouts
+    (layout,) = cityseg_zoo.registry.arch_spec(f"mmseg_{head}_r101").layouts
     converted, report = convert_state_dict(state, layout, model_state)
     assert layout.name == "mmseg"
     assert report.ok, report.describe()

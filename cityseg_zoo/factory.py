@@ -10,7 +10,7 @@ from torch import nn
 
 from .data.cityscapes import CLASS_NAMES, NUM_CLASSES, PALETTE
 from .errors import CheckpointError, UnknownModelError, WeightsUnavailableError
-from .hub.checkpoint import read_state_dict
+from .hub.checkpoint import checkpoint_in_folder, read_state_dict
 from .hub.convert import Layout, load_converted
 from .hub.weights import weight_file
 from .registry import ModelEntry, resolve, weights_for
@@ -95,24 +95,40 @@ def _locate_weights(entry: ModelEntry, weight: dict | None, mirror: str | None =
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike, layout: str | None = None,
                     reinit_classifier: bool = False) -> nn.Module:
-    """Load a checkpoint file into ``model``, mapping reference key layouts strictly.
+    """Load a checkpoint file, or a ``save_pretrained`` folder, into ``model``, mapping reference key layouts strictly.
 
     Any missing or unexpected key is a :class:`CheckpointError` naming the keys. ``layout`` forces one
-    layout by name (see ``model_info(name)['layouts']``).
+    layout by name (see ``model_info(name)['layouts']``). A folder's ``config.json`` is checked first: a zoo folder
+    must be of the same architecture, a foreign one (transformers) must describe the same network.
     """
     from .registry import get_entry
+    path, config = checkpoint_in_folder(path) if Path(path).is_dir() else (Path(path), None)
     state_dict = read_state_dict(path)
     layouts: list[Layout] = list(get_entry(model.pretrained_cfg["architecture"]).layouts)
     if layout is not None:
         layouts = [lay for lay in layouts if lay.name == layout]
         if not layouts:
             raise CheckpointError(f"unknown layout {layout!r} for {model.pretrained_cfg['architecture']}")
+    if config is not None:
+        _check_folder_config(config, model, layouts, reinit_classifier)
     report = load_converted(model, state_dict, layouts, source=str(path), reinit_classifier=reinit_classifier)
     if report.reinitialized:
         warnings.warn(f"re-initialised for num_classes={model.pretrained_cfg['num_classes']}: "
                       f"{', '.join(report.reinitialized)}", stacklevel=2)
     model.pretrained_cfg["checkpoint"] = {"path": str(path), "layout": report.layout}
     return model
+
+
+def _check_folder_config(config: dict, model: nn.Module, layouts: list[Layout], reinit_classifier: bool) -> None:
+    arch = model.pretrained_cfg["architecture"]
+    if config.get("library_name") == "cityseg_zoo":
+        if config.get("architecture") != arch:
+            raise CheckpointError(f"the folder holds a {config.get('architecture')!r} model, not {arch!r}: load it "
+                                  "with cityseg_zoo.from_pretrained(folder)")
+        return
+    check = next((lay.check_config for lay in layouts if lay.check_config is not None), None)
+    if check is not None:
+        check(config, model, reinit_classifier)
 
 
 def load_backbone_imagenet(model: nn.Module) -> nn.Module:

@@ -12,6 +12,9 @@ Folding ``conv -> norm`` into the conv: with the norm's scale ``s = γ / sqrt(va
 The norm is replaced by what remains of it: nothing (``nn.Identity``), or the ``ABN``'s fused LeakyReLU.
 Only pairs where the norm reads the conv's output directly are folded: consecutive children of an
 ``nn.Sequential`` and the named ``(conv, norm)`` attribute pairs of the modules in ``ATTRIBUTE_PAIRS``.
+
+After folding, every module that defines ``fuse_for_inference()`` is asked to merge its own consecutive linear
+maps (SegFormer's decode head composes each stage's Linear with its slice of the fuse conv).
 """
 from __future__ import annotations
 
@@ -32,8 +35,10 @@ def _attribute_pairs() -> dict[type, tuple[tuple[str, str], ...]]:
     from timm.models.resnet import BasicBlock, Bottleneck
 
     from .backbones.resnet import DilatedResNet
+    from .models.segformer import SegFormerHead
     from .ops.gcn import DualGCN, SpatialGCN
     return {
+        SegFormerHead: (("linear_fuse", "bn"),),
         Bottleneck: (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
         BasicBlock: (("conv1", "bn1"), ("conv2", "bn2")),
         DilatedResNet: (("conv1", "bn1"),),          # conv1 is the 7x7 conv or the deep stem (its last conv)
@@ -167,7 +172,8 @@ def optimize_for_inference(model: nn.Module, *, fold_bn: bool = True, channels_l
     """Make an eval-mode zoo model faster in place and return it (inference only from then on).
 
     Args:
-        fold_bn: fold every ``conv -> BatchNorm/ABN`` pair (exact up to float rounding).
+        fold_bn: fold every ``conv -> BatchNorm/ABN`` pair, then run the modules' ``fuse_for_inference`` (exact
+            up to float rounding).
         channels_last: keep 4-D weights and activations in NHWC, the layout oneDNN and cuDNN convs prefer.
         compile: ``torch.compile`` the backbone and the head (Inductor, with weight freezing on CPU). The first
             call compiles (minutes on a small CPU); later calls with the same input size are fast.
@@ -181,6 +187,12 @@ def optimize_for_inference(model: nn.Module, *, fold_bn: bool = True, channels_l
     model.eval()
     model.requires_grad_(False)   # no autograd graph, so the ops' in-place fast paths apply
     folded = fold_batchnorms(model) if fold_bn else 0
+    fused = []
+    if fold_bn:
+        for name, module in model.named_modules():
+            if callable(getattr(module, "fuse_for_inference", None)):
+                module.fuse_for_inference()
+                fused.append(name)
     kept = drop_unused_features(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -194,6 +206,7 @@ def optimize_for_inference(model: nn.Module, *, fold_bn: bool = True, channels_l
             getattr(model, name).compile()
     model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}),
                             "inference_optimized": {"fold_bn": fold_bn, "folded_norms": folded,
+                                                    "fused_modules": fused,
                                                     "kept_features": sorted(kept) if kept is not None else None,
                                                     "channels_last": channels_last,
                                                     "compile": compile, "dtype": str(dtype) if dtype else None}}

@@ -90,7 +90,14 @@ def _locate_weights(entry: ModelEntry, weight: dict | None, mirror: str | None =
         raise WeightsUnavailableError(
             f"no weights were ever released for {weight['name']!r}: {weight.get('note', '')} "
             "Use pretrained=False (random init) or pass your own checkpoint path.")
-    return weight_file(weight, mirror=mirror)
+    path = weight_file(weight, mirror=mirror)
+    if weight.get("terms") and weight["name"] not in _TERMS_SHOWN:   # a licence notice, once per process and weight
+        _TERMS_SHOWN.add(weight["name"])
+        warnings.warn(f"{weight['name']}: {weight['terms']}", stacklevel=3)
+    return path
+
+
+_TERMS_SHOWN: set[str] = set()
 
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike, layout: str | None = None,

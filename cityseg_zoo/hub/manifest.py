@@ -85,6 +85,7 @@ WEIGHT_SCHEMA = {
             "val_miou": {"type": "number"}, "val_ms_flip_miou": {"type": "number"},
             "test_miou": {"type": "number"}, "note": {"type": "string"}}},
         "license": {"type": ["string", "null"]},
+        "terms": {"type": "string"},                   # licence notice shown once when the weights are loaded
         "citation": {"type": "string"},
         "note": {"type": "string"},
     },

@@ -187,12 +187,12 @@ def optimize_for_inference(model: nn.Module, *, fold_bn: bool = True, channels_l
     model.eval()
     model.requires_grad_(False)   # no autograd graph, so the ops' in-place fast paths apply
     folded = fold_batchnorms(model) if fold_bn else 0
-    fused = []
+    fused: dict[str, int] = {}   # class name -> how many modules took their inference path
     if fold_bn:
-        for name, module in model.named_modules():
+        for module in model.modules():
             if callable(getattr(module, "fuse_for_inference", None)):
                 module.fuse_for_inference()
-                fused.append(name)
+                fused[type(module).__name__] = fused.get(type(module).__name__, 0) + 1
     kept = drop_unused_features(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)

@@ -10,6 +10,12 @@ Numerics are those of ``transformers``' ``SegformerModel`` (whose converted chec
 LayerNorm has PyTorch's default eps 1e-5 (``layer_norm_eps=1e-6`` of its config is unused; the paper's mmseg code
 used 1e-6 in the blocks and stage norms), GELU is the exact erf form, and no dropout is active at inference.
 
+Inference path (:meth:`Block.fuse_for_inference`, run by the inference switch): the same maths with fewer memory
+passes. Each residual branch's last Linear accumulates straight into the residual stream (``x.add_(b).addmm_(y, Wᵀ)``
+instead of a bias copy, a GEMM into a new tensor and an add), and GELU runs in place on the depth-wise conv's output.
+CPU float32 GEMMs of these sizes are fast enough that allocating (and page-faulting) those temporaries is a large part
+of a block's time.
+
 Tokens stay ``[B, N, C]`` inside a stage. The stage output map is a view of the tokens with channels last in memory
 (``reshape(B, H, W, C).permute(0, 3, 1, 2)``), not a contiguous copy: the next patch embedding (a conv) and the
 decode head read it in that layout directly.
@@ -87,6 +93,12 @@ class MixFFN(nn.Module):
         x = map_to_tokens(self.dwconv(tokens_to_map(x, height, width)))
         return self.fc2(F.gelu(x))
 
+    def hidden_inference(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """``GELU(dwconv(fc1(x)))`` as ``[B·N, hidden]``, GELU in place (inference only)."""
+        hidden = self.dwconv(tokens_to_map(self.fc1(x), height, width))
+        torch.ops.aten.gelu_(hidden)
+        return map_to_tokens(hidden).reshape(-1, hidden.shape[1])
+
 
 class Block(nn.Module):
     """``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``; stochastic depth on both branches when training."""
@@ -98,10 +110,30 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MixFFN(dim, dim * mlp_ratio)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.inference = False   # set by fuse_for_inference
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        if self.inference:
+            return self._forward_inference(x, height, width)
         x = x + self.drop_path(self.attn(self.norm1(x), height, width))
         return x + self.drop_path(self.mlp(self.norm2(x), height, width))
+
+    def _forward_inference(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        stream = x.contiguous().view(-1, x.shape[-1])   # the residual stream, updated in place
+        _accumulate(stream, self.attn.attend(self.norm1(x), height, width), self.attn.proj)
+        _accumulate(stream, self.mlp.hidden_inference(self.norm2(x), height, width), self.mlp.fc2)
+        return stream.view(x.shape)
+
+    def fuse_for_inference(self) -> None:
+        """Switch to the in-place inference path (eval only: nothing is recorded for autograd)."""
+        if self.training:
+            raise ValueError("fuse_for_inference needs an eval-mode model")
+        self.inference = True
+
+
+def _accumulate(stream: torch.Tensor, y: torch.Tensor, linear: nn.Linear) -> None:
+    """``stream += linear(y)`` for ``[rows, C]`` ``stream`` and ``[rows, C_in]`` ``y``, without a temporary."""
+    stream.add_(linear.bias).addmm_(y, linear.weight.t())
 
 
 class Stage(nn.Module):

@@ -64,9 +64,13 @@ class EfficientSelfAttention(nn.Module):
         reduced = self.sr(x.transpose(1, 2).reshape(b, c, height, width))
         return self.norm(reduced.flatten(2).transpose(1, 2))
 
-    def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    def attend(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """The heads' outputs, concatenated: ``[B·N, C]``, before the output projection."""
         b, n, c = x.shape
         kv = self.reduce(x, height, width)
         attend = efficient_attention_reference if self.use_reference else efficient_attention
         out = attend(self._heads(self.q(x)), self._heads(self.k(kv)), self._heads(self.v(kv)))
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+        return out.transpose(1, 2).reshape(b * n, c)
+
+    def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        return self.proj(self.attend(x, height, width)).view(x.shape)

@@ -156,7 +156,7 @@ def table(rows: list[dict], gemm: float) -> str:
                      f"{100 * rate / gemm:.0f}% | {r['rss_after_load_gib']:.2f} | {r['peak_rss_gib']:.2f} |")
     lines += ["", "| model | size | speed-up (transformers / zoo-switch latency) | peak RSS (zoo-switch / transformers) "
               "| goal |", "|---|---|---|---|---|"]
-    for size_name, size in {(r["size_name"], tuple(r["size"])) for r in rows}:
+    for size_name, size in dict.fromkeys((r["size_name"], tuple(r["size"])) for r in rows):   # run order
         by = {r["variant"]: r for r in rows if r["size_name"] == size_name and tuple(r["size"]) == size}
         hf, zoo = by.get("transformers"), by.get("zoo-switch")
         if not hf or not zoo or "error" in hf or "error" in zoo:
@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         name, size = text.split("@")
         cases.append((name, tuple(int(v) for v in size.split("x"))))
     rows = []
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="segformer-bench-") as tmp:
         gemm = spawn({"kind": "gemm", "threads": args.threads}, args.timeout)["gemm_gflops"]
         print(f"GEMM peak: {gemm:.0f} GFLOP/s", flush=True)
@@ -222,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"# SegFormer: transformers vs cityseg_zoo (inference switch)\n\nMade by `python benchmarks/segformer.py"
               f"{' ' + ' '.join(argv) if argv else ''}` ({machine}; torch {torch.__version__}, transformers "
               f"{transformers.__version__}). GEMM measured before and after the models: {gemm:.0f} / "
-              f"{gemm_after:.0f} GFLOP/s (the higher is used).\n\n")
+              f"{gemm_after:.0f} GFLOP/s (the higher is used). 1-minute load average before / after: {load_before:.1f} / "
+              f"{os.getloadavg()[0]:.1f} (the machine is shared; other processes' load slows every variant).\n\n")
     print(text)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)

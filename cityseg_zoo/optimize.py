@@ -14,7 +14,8 @@ Only pairs where the norm reads the conv's output directly are folded: consecuti
 ``nn.Sequential`` and the named ``(conv, norm)`` attribute pairs of the modules in ``ATTRIBUTE_PAIRS``.
 
 After folding, every module that defines ``fuse_for_inference()`` is asked to merge its own consecutive linear
-maps (SegFormer's decode head composes each stage's Linear with its slice of the fuse conv).
+maps or take an inference-only path (SegFormer's decode head composes each stage's Linear with its slice of the
+fuse conv; its transformer blocks accumulate their residual Linears in place).
 """
 from __future__ import annotations
 

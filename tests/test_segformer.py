@@ -252,7 +252,7 @@ def test_model_info_describes_segformer_without_building_weights():
     assert info["weights"][0] == "segformer_b0_cityscapes"            # the 1024x1024 crops are the default
     assert set(info["weights"]) == {"segformer_b0_cityscapes", "segformer_b0_cityscapes_768x768",
                                     "segformer_b0_cityscapes_640x1280", "segformer_b0_cityscapes_512x1024"}
-    cfg = info["pretrained_cfg"]
+    cfg = json.loads(json.dumps(info["pretrained_cfg"]))
     assert cfg["input"] == {"channel_order": "RGB", "scale": 255.0, "mean": [0.485, 0.456, 0.406],
                             "std": [0.229, 0.224, 0.225]}
     assert cfg["align_corners"] is False and cfg["head_stride"] == 4
@@ -274,9 +274,9 @@ def test_pretrained_cfg_carries_the_weights_facts_and_licence_terms():
 def test_every_hub_revision_is_a_full_commit_hash_or_says_why_not():
     for name in cityseg_zoo.list_pretrained("segformer*"):
         weight = cityseg_zoo.registry.weights_manifest()[name]
-        (source,) = weight["sources"]
+        (source,) = weight.sources
         assert source["repo_id"].startswith("nvidia/segformer-") and source["filename"] == "pytorch_model.bin"
-        assert len(source["revision"]) == 40 or "no full commit hash" in weight["note"], name
+        assert len(source["revision"]) == 40 or "no full commit hash" in weight.note, name
 
 
 def test_train_mode_returns_logits_at_input_size_and_uses_stochastic_depth():
@@ -311,7 +311,7 @@ def test_new_num_classes_reinitialises_only_the_classifier(hf_b0):
 def test_save_pretrained_round_trip_is_bit_exact(hf_b0, tmp_path):
     _, folder = hf_b0
     model = create_model("segformer_b0", pretrained=str(folder), num_classes=3)
-    model.pretrained_cfg.update(classes=["road", "curb", "other"])
+    model.set_classes(["road", "curb", "other"])
     model.save_pretrained(tmp_path / "saved")
     loaded = cityseg_zoo.from_pretrained(tmp_path / "saved")
     assert loaded.pretrained_cfg["architecture"] == "segformer_b0" and loaded.num_classes == 3

@@ -23,7 +23,7 @@ from cityseg_zoo import create_model
 from cityseg_zoo.cli import main
 from cityseg_zoo.hub.weights import converted_path
 from loopback import HubServer
-from reference import relative_error, with_manifest_entries
+from reference import relative_error, shipped_entry, with_manifest_entries
 from test_data import write_fake_cityscapes
 from test_segformer import hf_segformer, perturb
 
@@ -46,12 +46,12 @@ def served(monkeypatch, hub_checkpoint):
     """A loopback Hub holding the checkpoint at the manifest's repo/revision/file; a test manifest entry with its
     real sha256 and size. Yields (server, manifest source, transformers model)."""
     hf, data = hub_checkpoint
-    entry = copy.deepcopy(cityseg_zoo.registry.weights_manifest()[WEIGHT])
+    entry = copy.deepcopy(shipped_entry(WEIGHT))
     entry.update(integrity="sha256", sha256=hashlib.sha256(data).hexdigest(), size=len(data))
     with_manifest_entries(monkeypatch, entry)
     (source,) = entry["sources"]
     monkeypatch.setattr(loopback._HubHandler, "COMMIT", source["revision"])   # the server answers that revision
-    monkeypatch.setattr(factory, "_TERMS_SHOWN", set())
+    monkeypatch.setattr(factory, "_NOTICES_SHOWN", set())
     with HubServer({(source["repo_id"], source["filename"]): data}) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         yield hub, source, hf
@@ -59,10 +59,11 @@ def served(monkeypatch, hub_checkpoint):
 
 def test_pretrained_true_downloads_verifies_converts_and_then_loads_offline(served, monkeypatch):
     hub, source, hf = served
-    with pytest.warns(UserWarning, match=f"{WEIGHT}: NVIDIA's SegFormer weights are licensed for non-commercial use"):
+    with pytest.warns(factory.WeightsTermsNotice,
+                      match=f"{WEIGHT}: NVIDIA's SegFormer weights are licensed for non-commercial use"):
         model = create_model(WEIGHT, pretrained=True).eval()
     assert f"GET /{source['repo_id']}/resolve/{source['revision']}/pytorch_model.bin" in hub.requests
-    converted = converted_path({"name": WEIGHT})
+    converted = converted_path(cityseg_zoo.registry.weights_manifest()[WEIGHT])
     assert model.pretrained_cfg["checkpoint"] == {"path": str(converted), "layout": "native"}
     x = torch.randn(1, 3, 97, 161)
     with torch.no_grad():
@@ -82,12 +83,12 @@ def test_a_file_that_does_not_match_the_manifest_hash_is_refused(served, monkeyp
     hub.files[(source["repo_id"], source["filename"])] += b"\0"
     with pytest.raises(cityseg_zoo.CheckpointError, match="size .* bytes, manifest says"):
         create_model(WEIGHT, pretrained=True)
-    assert not converted_path({"name": WEIGHT}).exists()
+    assert not converted_path(cityseg_zoo.registry.weights_manifest()[WEIGHT]).exists()
 
 
 def test_cli_download_prefetches_the_hub_file_for_offline_use(served, monkeypatch, capsys):
     assert main(["download", WEIGHT, "--quiet"]) == 0
-    assert f"{WEIGHT}: {converted_path({'name': WEIGHT})}" in capsys.readouterr().out
+    assert f"{WEIGHT}: {converted_path(cityseg_zoo.registry.weights_manifest()[WEIGHT])}" in capsys.readouterr().out
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.warns(UserWarning, match="non-commercial"):
         assert create_model(WEIGHT, pretrained=True).pretrained_cfg["weights"] == WEIGHT

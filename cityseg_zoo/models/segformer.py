@@ -32,7 +32,7 @@ from ..hub.convert import Layout
 from ..ops.resize import resize
 from ..registry import register_model
 from ..segmentor import Segmentor
-from .common import arch_cfg
+from ..specs import ArchSpec
 
 ALIGN_CORNERS = False   # transformers' decode head and post-processing, and the paper's mmseg configs
 DECODER_DIMS = {"b0": 256, "b1": 256, "b2": 768, "b3": 768, "b4": 768, "b5": 768}
@@ -40,6 +40,9 @@ DECODER_DIMS = {"b0": 256, "b1": 256, "b2": 768, "b3": 768, "b4": 768, "b5": 768
 
 class SegFormerHead(nn.Module):
     """All-MLP decoder: per-stage Linear to ``embed_dim``, upsample to 1/4, concat, fuse, classify."""
+
+    fold_pairs = (("linear_fuse", "bn"),)   # the inference switch folds bn into linear_fuse
+    benchmark_label = "all-MLP head: stage Linears composed with the fuse conv (no 4C concat)"
 
     def __init__(self, in_channels: list[int], embed_dim: int, num_classes: int, dropout: float = 0.1):
         super().__init__()
@@ -153,7 +156,7 @@ def _variant_of(config: dict) -> str | None:
 def check_transformers_config(config: dict, model: nn.Module, reinit_classifier: bool = False) -> None:
     """Raise :class:`CheckpointError` when a transformers ``config.json`` describes another network than ``model``
     (another model type, another SegFormer size, another class count)."""
-    arch = model.pretrained_cfg.get("architecture", "this model")
+    arch = model.arch_spec.name if model.arch_spec is not None else "this model"
     if config.get("model_type") != "segformer":
         raise CheckpointError(f"the folder's config.json is a {config.get('model_type')!r} model, not SegFormer "
                               f"({arch})")
@@ -172,7 +175,7 @@ def check_transformers_config(config: dict, model: nn.Module, reinit_classifier:
                               + ", ".join(f"{k} {v} (expected {expected[k]})" for k, v in wrong.items())
                               + f"; {hint}")
     labels = len(config["id2label"]) if config.get("id2label") else config.get("num_labels")
-    num_classes = model.pretrained_cfg.get("num_classes")
+    num_classes = model.num_classes
     if labels is not None and labels != num_classes and not reinit_classifier:
         raise CheckpointError(f"the folder's config.json has {labels} labels but the model was built for "
                               f"{num_classes} classes: pass num_classes={labels}, or another count to re-initialise "
@@ -196,53 +199,54 @@ TRANSFORMERS5 = Layout(
 
 # ----------------------------------------------------------------------------------------------- models
 
-_CFG = arch_cfg(
+SPEC = ArchSpec(
     reference="huggingface/transformers v5.24.0 src/transformers/models/segformer/modeling_segformer.py::"
               "SegformerForSemanticSegmentation (weights converted from NVlabs/SegFormer@073b02d)",
-    input=IMAGENET_RGB, align_corners=ALIGN_CORNERS, head_stride=4,
-    eval_protocol="the weight's own (1024x1024 crops: sliding window 1024, stride 768 on 1024x2048)",
     paper="Xie et al., SegFormer: Simple and Efficient Design for Semantic Segmentation with Transformers, "
-          "NeurIPS 2021")
-MIN_INPUT_SIZE = 32   # the first stage's 8x8 stride-8 key/value reduction needs a map of at least 8x8
-
-
+          "NeurIPS 2021",
+    input=IMAGENET_RGB, classifiers=("head.classifier",), layouts=(TRANSFORMERS, TRANSFORMERS5),
+    align_corners=ALIGN_CORNERS, head_stride=4, min_input_size=32,      # 32: the 8x8 stride-8 key reduction
+    family="original",
+    # No Recipe: the paper trains with AdamW (lr 6e-5, weight decay 0.01, head x10, poly power 1, 160k iterations,
+    # 1024 crops, batch 8), which the zoo's SGD-only Recipe cannot state.
+    recipe=None)
 def _segformer(variant: str, num_classes: int) -> Segmentor:
     backbone = mix_transformer(variant)
     head = SegFormerHead(backbone.out_channels, DECODER_DIMS[variant], num_classes)
-    return Segmentor(backbone, head, align_corners=ALIGN_CORNERS, min_input_size=MIN_INPUT_SIZE)
+    return Segmentor(backbone, head)
 
 
-@register_model(cfg=_CFG, layouts=(TRANSFORMERS, TRANSFORMERS5))
+@register_model(SPEC)
 def segformer_b0(num_classes: int = 19) -> Segmentor:
     """SegFormer-B0 (MiT-B0, 3.7 M parameters, decoder width 256); weights: nvidia Cityscapes, 4 crop sizes."""
     return _segformer("b0", num_classes)
 
 
-@register_model(cfg=_CFG, layouts=(TRANSFORMERS, TRANSFORMERS5))
+@register_model(SPEC)
 def segformer_b1(num_classes: int = 19) -> Segmentor:
     """SegFormer-B1 (MiT-B1, decoder width 256); weights: nvidia Cityscapes 1024x1024."""
     return _segformer("b1", num_classes)
 
 
-@register_model(cfg=_CFG, layouts=(TRANSFORMERS, TRANSFORMERS5))
+@register_model(SPEC)
 def segformer_b2(num_classes: int = 19) -> Segmentor:
     """SegFormer-B2 (MiT-B2, decoder width 768); weights: nvidia Cityscapes 1024x1024."""
     return _segformer("b2", num_classes)
 
 
-@register_model(cfg=_CFG, layouts=(TRANSFORMERS, TRANSFORMERS5))
+@register_model(SPEC)
 def segformer_b3(num_classes: int = 19) -> Segmentor:
     """SegFormer-B3 (MiT-B3, decoder width 768); weights: nvidia Cityscapes 1024x1024."""
     return _segformer("b3", num_classes)
 
 
-@register_model(cfg=_CFG, layouts=(TRANSFORMERS, TRANSFORMERS5))
+@register_model(SPEC)
 def segformer_b4(num_classes: int = 19) -> Segmentor:
     """SegFormer-B4 (MiT-B4, decoder width 768); weights: nvidia Cityscapes 1024x1024."""
     return _segformer("b4", num_classes)
 
 
-@register_model(cfg=_CFG, layouts=(TRANSFORMERS, TRANSFORMERS5))
+@register_model(SPEC)
 def segformer_b5(num_classes: int = 19) -> Segmentor:
     """SegFormer-B5 (MiT-B5, decoder width 768); weights: nvidia Cityscapes 1024x1024."""
     return _segformer("b5", num_classes)

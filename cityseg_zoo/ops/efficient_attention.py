@@ -36,6 +36,8 @@ class EfficientSelfAttention(nn.Module):
     checkpoints, instead of one ``kv``.
     """
 
+    benchmark_label = "efficient attention: SDPA, no N x N/R² matrix"
+
     def __init__(self, dim: int, num_heads: int, sr_ratio: int = 1):
         super().__init__()
         if dim % num_heads:

@@ -250,8 +250,8 @@ def test_model_info_describes_segformer_without_building_weights():
     assert cityseg_zoo.model_info("segformer_b5")["params"] == pytest.approx(84.6e6, rel=0.01)
     assert info["layouts"] == ["transformers", "transformers5"]
     assert info["weights"][0] == "segformer_b0_cityscapes"            # the 1024x1024 crops are the default
-    assert set(info["weights"]) == {"segformer_b0_cityscapes", "segformer_b0_cityscapes_768x768",
-                                    "segformer_b0_cityscapes_640x1280", "segformer_b0_cityscapes_512x1024"}
+    assert set(info["weights"]) == {"segformer_b0_cityscapes", "segformer_b0_768x768_cityscapes",
+                                    "segformer_b0_640x1280_cityscapes", "segformer_b0_512x1024_cityscapes"}
     cfg = json.loads(json.dumps(info["pretrained_cfg"]))
     assert cfg["input"] == {"channel_order": "RGB", "scale": 255.0, "mean": [0.485, 0.456, 0.406],
                             "std": [0.229, 0.224, 0.225]}
@@ -376,8 +376,8 @@ def test_torch_hub_has_every_segformer_name():
     entries = [name for name in dir(hubconf) if callable(getattr(hubconf, name)) and not name.startswith("_")]
     names = [f"segformer_b{i}" for i in range(6)] + cityseg_zoo.list_pretrained("segformer*")
     assert set(names) <= set(entries)
-    model = torch.hub.load(str(REPO), "segformer_b0_cityscapes_512x1024", source="local")
-    assert model.pretrained_cfg["weights"] == "segformer_b0_cityscapes_512x1024"
+    model = torch.hub.load(str(REPO), "segformer_b0_512x1024_cityscapes", source="local")
+    assert model.pretrained_cfg["weights"] == "segformer_b0_512x1024_cityscapes"
     assert model.pretrained_cfg["eval"]["scales"] == [0.5]
 
 

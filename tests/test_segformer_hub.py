@@ -97,13 +97,13 @@ def test_cli_download_prefetches_the_hub_file_for_offline_use(served, monkeypatc
 def test_cli_list_and_info_show_the_segformer_weights_and_their_terms(capsys):
     assert main(["list", "segformer_b0*"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"^segformer_b0 +segformer_b0_cityscapes, segformer_b0_cityscapes_768x768, "
-                     r"segformer_b0_cityscapes_640x1280, segformer_b0_cityscapes_512x1024$", out, re.MULTILINE)
+    assert re.search(r"^segformer_b0 +segformer_b0_cityscapes, segformer_b0_768x768_cityscapes, "
+                     r"segformer_b0_640x1280_cityscapes, segformer_b0_512x1024_cityscapes$", out, re.MULTILINE)
     assert main(["list", "--markdown", "segformer*"]) == 0
     table = capsys.readouterr().out
     assert "| `segformer_b5_cityscapes` | original | Hugging Face | val 82.4 | none published: trust on first use |" \
         in table
-    assert main(["info", "segformer_b0_cityscapes_512x1024"]) == 0
+    assert main(["info", "segformer_b0_512x1024_cityscapes"]) == 0
     info = capsys.readouterr().out
     assert "hf://nvidia/segformer-b0-finetuned-cityscapes-512-1024/pytorch_model.bin@67a004b" in info
     assert '"scales": [0.5]' in info and "non-commercial" in info
@@ -123,7 +123,7 @@ def test_cli_predict_and_eval_run_segformer_with_its_weights_protocol(random_b0,
     root = tmp_path / "cityscapes"
     pairs = write_fake_cityscapes(root, cities=(("aachen", 1), ("bochum", 1)))
     # The 512x1024 weights' protocol: the whole image at scale 0.5 (64x96 -> 32x48, SegFormer's minimum side).
-    args = ["--model", "segformer_b0_cityscapes_512x1024", "--weights", str(random_b0)]
+    args = ["--model", "segformer_b0_512x1024_cityscapes", "--weights", str(random_b0)]
     assert main(["predict", str(pairs[0][0]), "--out", str(tmp_path / "pred"), *args]) == 0
     train_ids = np.array(Image.open(tmp_path / "pred" / f"{pairs[0][0].name[:-4]}_trainIds.png"))
     assert train_ids.shape == (64, 96) and train_ids.max() < 19

@@ -60,15 +60,21 @@ def _load(job: dict):
 
 
 def _flops(forward, model, x) -> float:
-    """Forward GFLOPs of what the variant computes. The zoo's in-place residual GEMMs (``addmm_``) are not counted by
-    FlopCounterMode, so its blocks are counted on their out-of-place path: the same products."""
+    """Forward GFLOPs of what the variant computes (convolutions, matmuls and attention; multiply-add = 2). The zoo's
+    in-place residual GEMMs (``addmm_``) are not counted by FlopCounterMode, so its blocks are counted on their
+    out-of-place path: the same products."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def cpu_flash_attention(query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query, key, value)   # the CPU kernel FlopCounterMode has no formula for
+
     blocks = [m for m in model.modules() if getattr(m, "inference", False) is True]
     for block in blocks:
         block.inference = False
     try:
-        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash_attention}
+        with FlopCounterMode(display=False, custom_mapping=mapping) as counter, torch.inference_mode():
             forward(x)
     finally:
         for block in blocks:

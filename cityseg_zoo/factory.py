@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .errors import ArgumentConflictError, CheckpointError, WeightsUnavailableError
-from .hub.checkpoint import read_state_dict
+from .hub.checkpoint import checkpoint_in_folder, read_state_dict
 from .hub.convert import load_converted
 from .hub.download import passing
 from .hub.weights import weight_file
@@ -143,14 +143,16 @@ def _show_terms(weight: WeightSpec) -> None:
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike, layout: str | None = None,
                     reinit_classifier: bool = False) -> nn.Module:
-    """Load a checkpoint file into ``model``, mapping reference key layouts strictly.
+    """Load a checkpoint file, or a ``save_pretrained`` folder, into ``model``, mapping reference key layouts strictly.
 
     Any missing or unexpected key is a :class:`CheckpointError` naming the keys. ``layout`` forces one
     layout by name (see ``model_info(name)['layouts']``). With ``reinit_classifier``, the architecture's declared
     classifiers whose class count differs from the checkpoint's keep their fresh initialisation; they are named
-    in a warning and in ``pretrained_cfg["reinitialized"]``.
+    in a warning and in ``pretrained_cfg["reinitialized"]``. A folder's ``config.json`` is checked first: a zoo
+    folder must be of the same architecture, a foreign one (transformers) must describe the same network.
     """
     arch: ArchSpec = model.arch_spec
+    path, config = checkpoint_in_folder(path) if Path(path).is_dir() else (Path(path), None)
     state_dict = read_state_dict(path)
     layouts = list(arch.layouts)
     if layout is not None:
@@ -158,6 +160,8 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, layout: str | Non
         if not layouts and layout != "native":
             raise CheckpointError(f"unknown layout {layout!r} for {arch.name}; it loads "
                                   f"{[lay.name for lay in arch.layouts] + ['native']}")
+    if config is not None:
+        _check_folder_config(config, model, layouts, reinit_classifier)
     classifiers = arch.classifier_keys(model.state_dict()) if reinit_classifier else set()
     report = load_converted(model, state_dict, layouts, source=str(path), reinit=classifiers, name=arch.name)
     if report.reinitialized:
@@ -166,6 +170,18 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, layout: str | Non
     model.record = {**model.record, "checkpoint": {"path": str(path), "layout": report.layout},
                     "reinitialized": report.reinitialized}
     return model
+
+
+def _check_folder_config(config: dict, model: nn.Module, layouts: list, reinit_classifier: bool) -> None:
+    arch = model.arch_spec.name
+    if config.get("library_name") == "cityseg_zoo":
+        if config.get("architecture") != arch:
+            raise CheckpointError(f"the folder holds a {config.get('architecture')!r} model, not {arch!r}: load it "
+                                  "with cityseg_zoo.from_pretrained(folder)")
+        return
+    check = next((lay.check_config for lay in layouts if lay.check_config is not None), None)
+    if check is not None:
+        check(config, model, reinit_classifier)
 
 
 def load_backbone_imagenet(model: nn.Module) -> nn.Module:

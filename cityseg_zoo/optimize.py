@@ -13,6 +13,10 @@ The norm is replaced by what remains of it: nothing (``nn.Identity``), or the ``
 Only pairs where the norm reads the conv's output directly are folded: consecutive children of an
 ``nn.Sequential`` and the ``(conv, norm)`` attribute pairs a module declares as ``fold_pairs`` (timm's blocks:
 ``backbones.resnet.BLOCK_FOLD_PAIRS``).
+
+After folding, every module that defines ``fuse_for_inference()`` is asked to merge its own consecutive linear
+maps or take an inference-only path (SegFormer's decode head composes each stage's Linear with its slice of the
+fuse conv; its transformer blocks accumulate their residual Linears in place).
 """
 from __future__ import annotations
 
@@ -146,7 +150,8 @@ def optimize_for_inference(model: nn.Module, *, fold_bn: bool = True, channels_l
     """Make an eval-mode zoo model faster in place and return it (inference only from then on).
 
     Args:
-        fold_bn: fold every ``conv -> BatchNorm/ABN`` pair (exact up to float rounding).
+        fold_bn: fold every ``conv -> BatchNorm/ABN`` pair, then run the modules' ``fuse_for_inference`` (exact
+            up to float rounding).
         channels_last: keep 4-D weights and activations in NHWC, the layout oneDNN and cuDNN convs prefer.
         compile: ``torch.compile`` the backbone and the head (Inductor, with weight freezing on CPU). The first
             call compiles (minutes on a small CPU); later calls with the same input size are fast.
@@ -160,6 +165,12 @@ def optimize_for_inference(model: nn.Module, *, fold_bn: bool = True, channels_l
     model.eval()
     model.requires_grad_(False)   # no autograd graph, so the ops' in-place fast paths apply
     folded = fold_batchnorms(model) if fold_bn else 0
+    fused: dict[str, int] = {}   # class name -> how many modules took their inference path
+    if fold_bn:
+        for module in model.modules():
+            if callable(getattr(module, "fuse_for_inference", None)):
+                module.fuse_for_inference()
+                fused[type(module).__name__] = fused.get(type(module).__name__, 0) + 1
     kept = drop_unused_features(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -172,7 +183,7 @@ def optimize_for_inference(model: nn.Module, *, fold_bn: bool = True, channels_l
         for name in ("backbone", "head"):
             getattr(model, name).compile()
     model.record = {**getattr(model, "record", {}),
-                    "inference_optimized": {"fold_bn": fold_bn, "folded_norms": folded,
+                    "inference_optimized": {"fold_bn": fold_bn, "folded_norms": folded, "fused_modules": fused,
                                             "kept_features": sorted(kept) if kept is not None else None,
                                             "channels_last": channels_last,
                                             "compile": compile, "dtype": str(dtype) if dtype else None}}

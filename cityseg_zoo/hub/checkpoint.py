@@ -5,9 +5,13 @@
 Containers seen in the wild (models.md §0.4): a bare state dict, ``{'state_dict': ...}`` (DANet,
 DecoupleSegNets), ``{'model': ...}``, ``{'meta', 'state_dict'}`` (mmseg), and a ``module.`` prefix from
 DataParallel/DDP.
+
+A folder written by ``save_pretrained`` (the zoo's or transformers') is read through
+:func:`checkpoint_in_folder`: its ``model.safetensors``, else its ``pytorch_model.bin``, and its ``config.json``.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -16,6 +20,24 @@ import torch
 from ..errors import CheckpointError
 
 _CONTAINER_KEYS = ("state_dict", "model_state", "model", "net")
+FOLDER_WEIGHTS = ("model.safetensors", "pytorch_model.bin")   # in order of preference: safetensors first
+
+
+def checkpoint_in_folder(folder: str | os.PathLike) -> tuple[Path, dict | None]:
+    """The weights file of a ``save_pretrained`` folder and its parsed ``config.json`` (``None`` if absent)."""
+    folder = Path(folder)
+    config = None
+    if (folder / "config.json").is_file():
+        try:
+            config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{folder / 'config.json'} is not valid JSON: {err}") from err
+    for name in FOLDER_WEIGHTS:
+        if (folder / name).is_file():
+            return folder / name, config
+    sharded = sorted(p.name for p in folder.glob("*.index.json"))
+    raise CheckpointError(f"{folder} holds no {' or '.join(FOLDER_WEIGHTS)}"
+                          + (f" (sharded checkpoints such as {sharded[0]} are not supported)" if sharded else ""))
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

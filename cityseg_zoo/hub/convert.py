@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -29,6 +29,9 @@ class Layout:
         optional: regexes of zoo keys the checkpoint may lack; they keep the model's value
             (e.g. ``num_batches_tracked`` in DANet's Encoding SyncBN checkpoints).
         description: where the layout comes from.
+        check_config: for repositories that save a folder with a foreign ``config.json`` (transformers):
+            ``check_config(config, model, reinit_classifier)`` raises :class:`CheckpointError` when the config
+            describes another network than ``model``; called before the keys are compared.
     """
 
     name: str
@@ -36,6 +39,7 @@ class Layout:
     aliases: tuple[tuple[str, str], ...] = ()
     optional: tuple[str, ...] = ()
     description: str = ""
+    check_config: Callable[..., None] | None = field(default=None, compare=False)
 
     def rename(self, key: str) -> str | None | bool:
         """New name of ``key``; ``None`` when dropped; ``False`` when no rule matches."""

@@ -10,3 +10,4 @@ from . import ccnet  # noqa: F401
 from . import deeplabv3plus  # noqa: F401
 from . import gffnet  # noqa: F401
 from . import mmseg  # noqa: F401
+from . import segformer  # noqa: F401

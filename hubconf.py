@@ -9,7 +9,7 @@ import cityseg_zoo as _zoo  # noqa: E402
 
 
 def _entry(name: str):
-    info_doc = _zoo.registry.get_entry(name).doc
+    info_doc = _zoo.registry.arch_spec(name).doc
 
     def hub_entry(pretrained=False, **kwargs):
         return _zoo.create_model(name, pretrained=pretrained, **kwargs)

@@ -2,7 +2,7 @@
 1024x2048, and an area sweep (256x512 .. 1024x2048) plotted as memory and time against image area.
 
 Every point runs in a fresh process (see ``cityseg_zoo/cli/benchmark.py`` for what is measured and how);
-GFLOPs come from ``model_table.count`` (meta device). Writes ``<output>.md``, ``<output>.json`` and
+GFLOPs come from ``cityseg_zoo.cli.benchmark.count_gflops`` (meta device). Writes ``<output>.md``, ``<output>.json`` and
 ``<output>.png``.
 
     python benchmarks/bench.py                         # the full table (about 30 min on a quiet 2-core CPU)
@@ -16,9 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from model_table import count
-
-from cityseg_zoo.cli.benchmark import Point, markdown_table, measure, measure_gemm, parse_size, write_outputs
+from cityseg_zoo.cli.benchmark import (Point, count_gflops, markdown_table, measure, measure_gemm, parse_size,
+                                       write_outputs)
 
 MODELS = ["fcn_r101", "pspnet_r101", "deeplabv3_r101", "deeplabv3plus_r101", "danet_r101", "ccnet_r101",
           "galdnet_r101", "dgcnet_r101", "gffnet_wrn38"]
@@ -67,7 +66,7 @@ def main() -> int:
     print(f"GEMM peak: {gemm:.0f} GFLOP/s ({args.device}, {args.dtype})", flush=True)
     sections = {name: measure(points, timeout=args.timeout) for name, points in plan(args).items()}
     everything = [p for points in sections.values() for p in points]
-    gflops = {key: count(key[0], key[1])[1] for key in {(p.model, p.size) for p in everything}}
+    gflops = {key: count_gflops(*key) for key in {(p.model, p.size) for p in everything}}
     titles = {"latency": f"Latency at {args.size_latency[0]}x{args.size_latency[1]}: eager vs the inference "
                          f"switch (median of {args.repeats} after 1 warm-up)",
               "memory": "Peak memory at the large size (one cold forward per fresh process)",

@@ -19,3 +19,11 @@ class WeightsUnavailableError(CitysegZooError, RuntimeError):
 
 class InputError(CitysegZooError, ValueError):
     """A model input of the wrong type, dtype, rank, channel count or size."""
+
+
+class ModelArgumentError(CitysegZooError, TypeError):
+    """A keyword argument the architecture's builder does not take."""
+
+
+class ArgumentConflictError(CitysegZooError, ValueError):
+    """A requested argument that contradicts the weights being loaded (e.g. CCNet ``recurrence=1`` for R=2)."""

@@ -1,96 +1,144 @@
-"""``create_model``, ``load_checkpoint`` and ``model_info``: the thin public entry points."""
+"""``create_model``, ``load_checkpoint`` and ``model_info``: the thin public entry points.
+
+Arguments against weights, one rule (as torchvision states it for its ``Weights``):
+
+* a requested ``num_classes`` wins over the weight's. With pretrained weights and another count, everything but
+  the classifiers the architecture declares (``ArchSpec.classifiers``) is loaded, those are re-initialised, and
+  a warning and ``pretrained_cfg["reinitialized"]`` name them;
+* the weight's builder arguments (``model_kwargs``, e.g. CCNet's ``recurrence=2``) are defaults; a requested
+  value that contradicts weights being loaded cannot be honoured and is an :class:`ArgumentConflictError` naming
+  both values (without ``pretrained`` the request wins: the weight name then only supplies defaults);
+* an argument the architecture's builder does not take is a :class:`ModelArgumentError` naming the accepted ones.
+"""
 from __future__ import annotations
 
 import os
 import warnings
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from .data.cityscapes import CLASS_NAMES, NUM_CLASSES, PALETTE
-from .errors import CheckpointError, UnknownModelError, WeightsUnavailableError
+from .errors import ArgumentConflictError, CheckpointError, WeightsUnavailableError
 from .hub.checkpoint import read_state_dict
-from .hub.convert import Layout, load_converted
+from .hub.convert import load_converted
+from .hub.download import passing
 from .hub.weights import weight_file
-from .registry import ModelEntry, resolve, weights_for
+from .registry import check_kwargs, is_weight_name, resolve, weights_for
+from .specs import ArchSpec, WeightSpec
+
+_FACTORY_KWARGS = ("pretrained", "class_names", "pretrained_backbone", "mirror")
+_NOTICES_SHOWN: set[str] = set()
 
 
-def _pretrained_cfg(entry: ModelEntry, weight: dict | None, num_classes: int) -> dict:
-    cfg = {"architecture": entry.name, "weights": None, **entry.cfg, "num_classes": num_classes}
-    if num_classes == NUM_CLASSES:
-        cfg.update(classes=list(CLASS_NAMES), palette=[list(c) for c in PALETTE])
-    if weight is not None:
-        cfg.update({k: v for k, v in weight.items() if k not in ("name", "architecture")})
-        cfg["weights"] = weight["name"]
-    return cfg
+class WeightsTermsNotice(UserWarning):
+    """The licence terms of weights being loaded (shown once per weight and process)."""
 
 
 def create_model(name: str, pretrained: bool | str | os.PathLike = False, num_classes: int | None = None, *,
-                 pretrained_backbone: bool = False, mirror: str | None = None, **kwargs) -> nn.Module:
+                 class_names: Sequence[str] | None = None, pretrained_backbone: bool = False,
+                 mirror: str | None = None, **kwargs) -> nn.Module:
     """Build a zoo model by architecture name (``danet_r101``) or weight name (``danet_r101_cityscapes``).
 
     Args:
         name: a name from :func:`list_models` or :func:`list_pretrained`.
         pretrained: ``False``; ``True`` (the default weights of ``name``); a weight name; or a local checkpoint
             path in any supported layout (reference repos' containers, or the zoo's safetensors).
-        num_classes: defaults to 19 (Cityscapes). With pretrained weights and a different count, every layer but
-            the classifiers is loaded and the re-initialised layers are reported in a warning.
+        num_classes: defaults to the weight's (19 for Cityscapes). With pretrained weights and a different
+            count, every layer but the architecture's declared classifiers is loaded; the re-initialised layers
+            are named in a warning and in ``pretrained_cfg["reinitialized"]``.
+        class_names: names of the classes (as many as ``num_classes``); default: the weight's, Cityscapes' 19,
+            or ``class_0 .. class_{K-1}``.
         pretrained_backbone: load timm's ImageNet weights into the backbone only (to train from ImageNet);
             fetched by timm through huggingface_hub (its cache, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``).
         mirror: a base URL or local folder tried before the manifest's sources (default
             ``$CITYSEG_ZOO_MIRROR``).
         kwargs: passed to the architecture builder (e.g. ``recurrence=1`` for CCNet).
     """
-    entry, weight = resolve(name)
-    n = num_classes if num_classes is not None else (weight or {}).get("num_classes", NUM_CLASSES)
-    kwargs = {**(weight or {}).get("model_kwargs", {}), **kwargs}  # e.g. CCNet's recurrence of those weights
-    model = entry.builder(num_classes=n, **kwargs)
-    model.pretrained_cfg = _pretrained_cfg(entry, weight, n)
-    if kwargs:
-        model.pretrained_cfg["model_kwargs"] = kwargs  # to rebuild the same model (save_pretrained, fine-tuning)
-    if pretrained is False or pretrained is None:
-        if pretrained_backbone:
-            load_backbone_imagenet(model)
-        return model
-    if pretrained_backbone:
+    return build_model(name, pretrained, num_classes, class_names=class_names,
+                       pretrained_backbone=pretrained_backbone, mirror=mirror, **kwargs)
+
+
+def build_model(name: str, pretrained: bool | str | os.PathLike = False, num_classes: int | None = None, *,
+                class_names: Sequence[str] | None = None, pretrained_backbone: bool = False,
+                mirror: str | None = None, option: str = "pretrained=", **kwargs) -> nn.Module:
+    """:func:`create_model`; ``option`` is how the caller's user names the weights argument in error messages
+    (``--weights `` in the CLI)."""
+    arch, weight = resolve(name)
+    check_kwargs(arch, kwargs, also=_FACTORY_KWARGS)
+    if pretrained_backbone and pretrained not in (False, None):
         raise ValueError("pass either pretrained (whole-model weights) or pretrained_backbone=True, not both")
+    path = None
     if pretrained is True:
-        path = _locate_weights(entry, weight, mirror)
-    elif isinstance(pretrained, str) and not os.path.exists(pretrained) and _is_weight_name(pretrained):
+        weight = weight or _default_weight(arch, option)
+    elif isinstance(pretrained, str) and not os.path.exists(pretrained) and is_weight_name(pretrained):
         weight = resolve(pretrained)[1]
-        if weight["architecture"] != entry.name:
-            raise CheckpointError(f"weights {pretrained!r} are for {weight['architecture']!r}, not {entry.name!r}")
-        model.pretrained_cfg = _pretrained_cfg(entry, weight, n)
-        path = _locate_weights(entry, weight, mirror)
-    else:
+        if weight.architecture != arch.name:
+            raise CheckpointError(f"weights {pretrained!r} are for {weight.architecture!r}, not {arch.name!r}")
+    elif pretrained not in (False, None):
         path = Path(pretrained)
-    load_checkpoint(model, path, reinit_classifier=num_classes is not None)
+    loads_weight = pretrained is True or (pretrained not in (False, None) and path is None)
+
+    fixed = dict(weight.model_kwargs) if weight is not None else {}
+    if loads_weight:
+        for key, value in kwargs.items():
+            if key in fixed and fixed[key] != value:
+                raise ArgumentConflictError(
+                    f"{key}={value!r} contradicts the weights {weight.name!r}, trained with {key}={fixed[key]!r}; "
+                    f"drop the argument, or build {arch.name!r} with pretrained=False")
+    model_kwargs = {**fixed, **kwargs}
+    weight_classes = weight.num_classes if weight is not None else None
+    n = num_classes if num_classes is not None else (weight_classes or 19)
+    model = arch.builder(num_classes=n, **model_kwargs)
+    model.weight_spec = weight
+    model.model_kwargs = model_kwargs
+    if class_names is not None:
+        model.set_classes(class_names)
+    elif weight is not None and n == weight.num_classes:
+        model.set_classes(weight.classes, weight.palette)
+
+    if pretrained_backbone:
+        load_backbone_imagenet(model)
+    if loads_weight:
+        path = locate_weights(arch, weight, mirror, option=option)
+        _show_terms(weight)
+    if path is not None:
+        load_checkpoint(model, path, reinit_classifier=num_classes is not None)
     return model
 
 
-def _is_weight_name(text: str) -> bool:
-    try:
-        return resolve(text)[1] is not None
-    except UnknownModelError:
-        return False
-
-
-def _locate_weights(entry: ModelEntry, weight: dict | None, mirror: str | None = None) -> Path:
-    """A verified safetensors file of ``weight`` (the architecture's default when ``None``), fetched and converted
-    if needed."""
-    if weight is None:
-        released = weights_for(entry.name)
-        if not released:
-            raise WeightsUnavailableError(
-                f"{entry.name!r} has no pretrained weights in the manifest. Build it with pretrained=False, "
-                "or pass pretrained='path/to/checkpoint'.")
-        weight = released[0]
-    if not weight.get("sources"):
+def _default_weight(arch: ArchSpec, option: str) -> WeightSpec:
+    released = weights_for(arch.name)
+    if not released:
         raise WeightsUnavailableError(
-            f"no weights were ever released for {weight['name']!r}: {weight.get('note', '')} "
-            "Use pretrained=False (random init) or pass your own checkpoint path.")
-    return weight_file(weight, mirror=mirror)
+            f"{arch.name!r} has no pretrained weights in the manifest. Build it without weights (random init), "
+            f"or pass your own checkpoint with {passing(option, 'path/to/checkpoint')}.")
+    return released[0]
+
+
+def locate_weights(arch: ArchSpec, weight: WeightSpec, mirror: str | None = None, *, progress: bool = True,
+                   option: str = "pretrained=") -> Path:
+    """A verified safetensors file of ``weight`` in the zoo's layout, fetched and converted if needed.
+
+    ``option``: how the caller names the weights argument in messages (``--weights`` in the CLI)."""
+    if not weight.released:
+        raise WeightsUnavailableError(
+            f"no weights were ever released for {weight.name!r}: {weight.note or ''} "
+            f"Build it without weights (random init) or pass your own checkpoint with "
+            f"{passing(option, 'path/to/checkpoint')}.")
+
+    def model_state() -> dict[str, torch.Tensor]:  # the state dict the file must fill: weight's classes and kwargs
+        return arch.builder(num_classes=weight.num_classes, **weight.model_kwargs).state_dict()
+
+    return weight_file(weight, layouts=arch.layouts, model_state=model_state, mirror=mirror, progress=progress,
+                       option=option)
+
+
+def _show_terms(weight: WeightSpec) -> None:
+    if weight.terms and weight.name not in _NOTICES_SHOWN:
+        _NOTICES_SHOWN.add(weight.name)
+        warnings.warn(f"{weight.name}: {weight.terms}", WeightsTermsNotice, stacklevel=3)
 
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike, layout: str | None = None,
@@ -98,20 +146,25 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, layout: str | Non
     """Load a checkpoint file into ``model``, mapping reference key layouts strictly.
 
     Any missing or unexpected key is a :class:`CheckpointError` naming the keys. ``layout`` forces one
-    layout by name (see ``model_info(name)['layouts']``).
+    layout by name (see ``model_info(name)['layouts']``). With ``reinit_classifier``, the architecture's declared
+    classifiers whose class count differs from the checkpoint's keep their fresh initialisation; they are named
+    in a warning and in ``pretrained_cfg["reinitialized"]``.
     """
-    from .registry import get_entry
+    arch: ArchSpec = model.arch_spec
     state_dict = read_state_dict(path)
-    layouts: list[Layout] = list(get_entry(model.pretrained_cfg["architecture"]).layouts)
+    layouts = list(arch.layouts)
     if layout is not None:
         layouts = [lay for lay in layouts if lay.name == layout]
-        if not layouts:
-            raise CheckpointError(f"unknown layout {layout!r} for {model.pretrained_cfg['architecture']}")
-    report = load_converted(model, state_dict, layouts, source=str(path), reinit_classifier=reinit_classifier)
+        if not layouts and layout != "native":
+            raise CheckpointError(f"unknown layout {layout!r} for {arch.name}; it loads "
+                                  f"{[lay.name for lay in arch.layouts] + ['native']}")
+    classifiers = arch.classifier_keys(model.state_dict()) if reinit_classifier else set()
+    report = load_converted(model, state_dict, layouts, source=str(path), reinit=classifiers, name=arch.name)
     if report.reinitialized:
-        warnings.warn(f"re-initialised for num_classes={model.pretrained_cfg['num_classes']}: "
-                      f"{', '.join(report.reinitialized)}", stacklevel=2)
-    model.pretrained_cfg["checkpoint"] = {"path": str(path), "layout": report.layout}
+        warnings.warn(f"re-initialised for num_classes={model.num_classes}: {', '.join(report.reinitialized)}",
+                      stacklevel=2)
+    model.record = {**model.record, "checkpoint": {"path": str(path), "layout": report.layout},
+                    "reinitialized": report.reinitialized}
     return model
 
 
@@ -122,8 +175,8 @@ def load_backbone_imagenet(model: nn.Module) -> nn.Module:
     if variant is None:
         note = getattr(model.backbone, "imagenet_weights_note",
                        f"its backbone ({type(model.backbone).__name__}) has no timm ImageNet weights")
-        raise WeightsUnavailableError(f"{model.pretrained_cfg['architecture']}: {note}; "
-                                      "pretrained_backbone=True works for the ResNet models")
+        raise WeightsUnavailableError(f"{model.arch_spec.name}: {note}; pretrained_backbone=True works for the "
+                                      "ResNet models")
     try:
         trunk = timm.create_model(variant, pretrained=True, num_classes=0, global_pool="")
     except Exception as err:  # timm / huggingface_hub network, offline and not-found errors
@@ -136,21 +189,21 @@ def load_backbone_imagenet(model: nn.Module) -> nn.Module:
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(f"timm {variant} weights do not fit the backbone: missing {result.missing_keys[:5]}, "
                               f"unexpected {result.unexpected_keys[:5]}")
-    model.pretrained_cfg["backbone_weights"] = trunk.pretrained_cfg.get("hf_hub_id") or variant
+    model.record = {**model.record, "backbone_weights": trunk.pretrained_cfg.get("hf_hub_id") or variant}
     return model
 
 
 def model_info(name: str) -> dict:
     """Configuration, parameter count, layouts and weights of a model name, without allocating weights."""
-    entry, weight = resolve(name)
+    arch, weight = resolve(name)
     with torch.device("meta"):
-        model = entry.builder(num_classes=(weight or {}).get("num_classes", NUM_CLASSES))
+        model = create_model(name)
     return {
         "name": name,
-        "architecture": entry.name,
+        "architecture": arch.name,
         "params": sum(p.numel() for p in model.parameters()),
-        "description": entry.doc.splitlines()[0] if entry.doc else "",
-        "pretrained_cfg": _pretrained_cfg(entry, weight, (weight or {}).get("num_classes", NUM_CLASSES)),
-        "layouts": [lay.name for lay in entry.layouts],
-        "weights": [w["name"] for w in weights_for(entry.name)],
+        "description": arch.doc.splitlines()[0] if arch.doc else "",
+        "pretrained_cfg": dict(model.pretrained_cfg),
+        "layouts": [lay.name for lay in arch.layouts],
+        "weights": [w.name for w in weights_for(arch.name)],
     }

@@ -45,7 +45,7 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 def model_config(model: nn.Module) -> dict:
     """The ``config.json`` record of ``model`` (see the module docstring)."""
     model = unwrap_model(model)
-    cfg = {k: v for k, v in getattr(model, "pretrained_cfg", {}).items() if k not in _LOCAL_ONLY_KEYS}
+    cfg = {k: v for k, v in dict(getattr(model, "pretrained_cfg", {})).items() if k not in _LOCAL_ONLY_KEYS}
     if "architecture" not in cfg:
         raise CheckpointError("model.pretrained_cfg has no 'architecture'; only zoo models (create_model) can be "
                               "saved with save_pretrained")
@@ -56,6 +56,7 @@ def model_config(model: nn.Module) -> dict:
         "architecture": cfg["architecture"],
         "num_classes": cfg["num_classes"],
         "classes": cfg.get("classes"),
+        "palette": cfg.get("palette"),
         "input": cfg.get("input"),
         "model_kwargs": cfg.get("model_kwargs", {}),
         "pretrained_cfg": cfg,
@@ -150,11 +151,29 @@ def from_pretrained(name_or_path: str | os.PathLike, *, revision: str | None = N
     except (ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"{config_path} is not a cityseg_zoo config: {type(err).__name__}: {err}") from err
     model = create_model(architecture, num_classes=num_classes, **config.get("model_kwargs", {}))
-    model.pretrained_cfg = dict(config.get("pretrained_cfg") or model.pretrained_cfg)
+    apply_config(model, config)
     load_checkpoint(model, weights_path)   # the native layout is tried first, strictly
-    model.pretrained_cfg["checkpoint"] = {"path": str(weights_path), "layout": "native",
-                                          "source": str(name_or_path), "revision": revision}
+    model.record["checkpoint"] = {"path": str(weights_path), "layout": "native", "source": str(name_or_path),
+                                  "revision": revision}
     return model.to(map_location).eval()
+
+
+# What a saved model's record carries over (``checkpoint`` is re-made by whoever loads it).
+_RECORD_KEYS = ("finetuned_from", "reinitialized", "backbone_weights")
+
+
+def apply_config(model: nn.Module, config: dict) -> nn.Module:
+    """Give a freshly built zoo model the class names, palette, weight provenance and record of ``config`` (a
+    :func:`model_config` record), so that its ``pretrained_cfg`` reads as it did when it was saved."""
+    from .registry import weights_manifest
+    cfg = config.get("pretrained_cfg") or {}
+    if config.get("classes"):
+        model.set_classes(config["classes"], config.get("palette"))
+    source = cfg.get("weights") or cfg.get("finetuned_from")
+    model.weight_spec = weights_manifest().get(source) if isinstance(source, str) else None
+    model.model_kwargs = dict(config.get("model_kwargs") or {})
+    model.record = {k: cfg[k] for k in _RECORD_KEYS if cfg.get(k) is not None}
+    return model
 
 
 def model_card(config: dict) -> str:

@@ -195,14 +195,11 @@ def _min_size_message(model: nn.Module, side_h: int, side_w: int, what: str) -> 
     cfg = getattr(model, "pretrained_cfg", {})
     arch = cfg.get("architecture", type(model).__name__)
     message = f"{what} {side_h}x{side_w} is smaller than {arch}'s minimum side of {minimum} px"
-    try:  # the builder's docstring says why (e.g. GALD: "the 1/8 map must be at least 15 px")
-        from .registry import get_entry
-        paragraphs = [" ".join(p.split()) for p in get_entry(arch).doc.split("\n\n")[1:]]
-        reasons = [s.rstrip(".") for p in paragraphs for s in p.split(". ") if " px" in s]
-        if reasons:
-            message += ": " + "; ".join(reasons)
-    except Exception:  # noqa: BLE001 - a custom model without a registry entry: the bare message is enough
-        pass
+    spec = getattr(model, "arch_spec", None)   # the builder's docstring says why (GALD: "the 1/8 map must be ...")
+    paragraphs = [" ".join(p.split()) for p in (spec.doc if spec is not None else "").split("\n\n")[1:]]
+    reasons = [s.rstrip(".") for p in paragraphs for s in p.split(". ") if " px" in s]
+    if reasons:
+        message += ": " + "; ".join(reasons)
     return message + "; upscale the image (a larger scale) or slide a crop of at least that size"
 
 

@@ -11,11 +11,11 @@ Folding ``conv -> norm`` into the conv: with the norm's scale ``s = γ / sqrt(va
 ``γ`` is ``weight`` for ``nn.BatchNorm1d/2d`` and ``|weight| + eps`` for the zoo's ``ABN`` (InPlaceABN semantics).
 The norm is replaced by what remains of it: nothing (``nn.Identity``), or the ``ABN``'s fused LeakyReLU.
 Only pairs where the norm reads the conv's output directly are folded: consecutive children of an
-``nn.Sequential`` and the named ``(conv, norm)`` attribute pairs of the modules in ``ATTRIBUTE_PAIRS``.
+``nn.Sequential`` and the ``(conv, norm)`` attribute pairs a module declares as ``fold_pairs`` (timm's blocks:
+``backbones.resnet.BLOCK_FOLD_PAIRS``).
 """
 from __future__ import annotations
 
-import types
 from typing import Iterator
 
 import torch
@@ -27,20 +27,11 @@ _CONVS = (nn.Conv1d, nn.Conv2d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)   # ABN is a BatchNorm2d
 
 
-def _attribute_pairs() -> dict[type, tuple[tuple[str, str], ...]]:
-    """``(conv, norm)`` attribute names, per module class, whose forward is ``norm(conv(x))`` with nothing between."""
-    from timm.models.resnet import BasicBlock, Bottleneck
-
-    from .backbones.resnet import DilatedResNet
-    from .ops.gcn import DualGCN, SpatialGCN
-    return {
-        Bottleneck: (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
-        BasicBlock: (("conv1", "bn1"), ("conv2", "bn2")),
-        DilatedResNet: (("conv1", "bn1"),),          # conv1 is the 7x7 conv or the deep stem (its last conv)
-        DualGCN: (("theta", "bn_theta"), ("phi", "bn_phi"), ("conv_adj", "bn_adj"), ("conv_wg", "bn_wg"),
-                  ("conv3", "bn3")),
-        SpatialGCN: (("conv_wg", "bn_wg"),),
-    }
+def _attribute_pairs(module: nn.Module) -> tuple[tuple[str, str], ...]:
+    """``(conv, norm)`` attribute names of ``module`` whose forward is ``norm(conv(x))`` with nothing between: what
+    the module declares (``fold_pairs``, a class attribute of the zoo's ops and backbones), or timm's blocks'."""
+    from .backbones.resnet import BLOCK_FOLD_PAIRS
+    return getattr(type(module), "fold_pairs", None) or BLOCK_FOLD_PAIRS.get(type(module), ())
 
 
 def norm_scale_shift(norm: nn.BatchNorm2d | nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,14 +67,13 @@ def _last_conv(module: nn.Module) -> nn.Module:
 
 def _pairs(model: nn.Module) -> Iterator[tuple[nn.Module, nn.Module, nn.Module, str]]:
     """``(conv, norm, parent, norm_name)`` for every foldable pair, found before anything is changed."""
-    attribute_pairs = _attribute_pairs()
     for parent in model.modules():
         if isinstance(parent, nn.Sequential):
             children = list(parent.named_children())
             for (_, conv), (norm_name, norm) in zip(children, children[1:]):
                 if _foldable(conv, norm):
                     yield conv, norm, parent, norm_name
-        for conv_name, norm_name in attribute_pairs.get(type(parent), ()):
+        for conv_name, norm_name in _attribute_pairs(parent):
             conv, norm = _last_conv(getattr(parent, conv_name)), getattr(parent, norm_name)
             if _foldable(conv, norm):
                 yield conv, norm, parent, norm_name
@@ -132,16 +122,6 @@ def used_features(model: nn.Module) -> set[int]:
     return recorder[0].read
 
 
-def _dilated_resnet_forward_keeping(self, x: torch.Tensor) -> list[torch.Tensor | None]:
-    """``DilatedResNet.forward`` that, in eval mode, frees the stage outputs the head never reads (``None``)."""
-    x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
-    outputs = []
-    for index, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4)):
-        x = layer(x)
-        outputs.append(x if self.training or index in self.kept_features else None)
-    return outputs
-
-
 def drop_unused_features(model: nn.Module) -> set[int] | None:
     """Let a ``DilatedResNet`` backbone free, as soon as the next stage has read them, the stage outputs that the
     head does not use in eval mode (DANet keeps only layer4: at 1024x2048 that frees 320 MiB of layer1-3).
@@ -151,7 +131,6 @@ def drop_unused_features(model: nn.Module) -> set[int] | None:
     if not isinstance(backbone, DilatedResNet) or not hasattr(model, "head"):
         return None
     backbone.kept_features = {i % 4 for i in used_features(model)}
-    backbone.forward = types.MethodType(_dilated_resnet_forward_keeping, backbone)
     return backbone.kept_features
 
 
@@ -176,7 +155,7 @@ def optimize_for_inference(model: nn.Module, *, fold_bn: bool = True, channels_l
     """
     if dtype not in (None, torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"dtype must be None, torch.float32, torch.bfloat16 or torch.float16, got {dtype!r}")
-    if "inference_optimized" in getattr(model, "pretrained_cfg", {}):
+    if "inference_optimized" in getattr(model, "record", {}):
         raise ValueError("this model was already optimised for inference; optimise a fresh copy instead")
     model.eval()
     model.requires_grad_(False)   # no autograd graph, so the ops' in-place fast paths apply
@@ -192,9 +171,9 @@ def optimize_for_inference(model: nn.Module, *, fold_bn: bool = True, channels_l
         inductor_config.freezing = True    # constant-fold the (now frozen) weights into the compiled graph
         for name in ("backbone", "head"):
             getattr(model, name).compile()
-    model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}),
-                            "inference_optimized": {"fold_bn": fold_bn, "folded_norms": folded,
-                                                    "kept_features": sorted(kept) if kept is not None else None,
-                                                    "channels_last": channels_last,
-                                                    "compile": compile, "dtype": str(dtype) if dtype else None}}
+    model.record = {**getattr(model, "record", {}),
+                    "inference_optimized": {"fold_bn": fold_bn, "folded_norms": folded,
+                                            "kept_features": sorted(kept) if kept is not None else None,
+                                            "channels_last": channels_last,
+                                            "compile": compile, "dtype": str(dtype) if dtype else None}}
     return model

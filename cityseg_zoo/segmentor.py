@@ -17,6 +17,8 @@ with no upsampling: the tensor the reference code returns, for exact comparisons
 from __future__ import annotations
 
 import contextlib
+from types import MappingProxyType
+from typing import Mapping
 
 import torch
 from torch import nn
@@ -24,6 +26,7 @@ from torch import nn
 from .errors import InputError
 from .ops.norm import conv_bn_act
 from .ops.resize import resize
+from .specs import ArchSpec, WeightSpec, default_classes, pretrained_cfg
 
 
 class AuxHead(nn.Sequential):
@@ -47,25 +50,61 @@ class Segmentor(nn.Module):
         head: module taking that list; returns main logits (a tensor), or in train mode optionally a dict
             with ``"out"`` and named auxiliary logits.
         aux_head: optional head on ``features[aux_index]``, used in train mode only.
-        align_corners: of the final upsampling (the reference's choice).
-        min_input_size: smallest H/W the architecture accepts (checked with a clear error).
+
+    The architecture's facts (``align_corners`` of the final upsampling, the smallest input side) are read from
+    ``model.arch_spec``, the :class:`~cityseg_zoo.specs.ArchSpec` that ``register_model`` attaches; a Segmentor
+    built by hand without one uses the spec defaults (``align_corners=True``, no minimum size).
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, aux_head: nn.Module | None = None,
-                 aux_index: int = 2, align_corners: bool = True, min_input_size: int = 1):
+                 aux_index: int = 2):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.aux_head = aux_head
         self.aux_index = aux_index
-        self.align_corners = align_corners
-        self.min_input_size = min_input_size
-        self.pretrained_cfg: dict = {}
+        self.arch_spec: ArchSpec | None = None          # set by registry.register_model
+        self.weight_spec: WeightSpec | None = None      # the published weights this model's facts come from
+        self.class_names: tuple[str, ...] | None = None  # None: the defaults for the class count
+        self.palette: tuple[tuple[int, int, int], ...] | None = None
+        self.model_kwargs: dict = {}                    # builder arguments, to rebuild the same model
+        self.record: dict = {}                          # what happened to this instance (checkpoint, reinit...)
         self.inference_dtype: torch.dtype | None = None   # autocast dtype of eval forwards (optimize_for_inference)
 
     @property
+    def align_corners(self) -> bool:
+        return self.arch_spec.align_corners if self.arch_spec is not None else True
+
+    @property
+    def min_input_size(self) -> int:
+        return self.arch_spec.min_input_size if self.arch_spec is not None else 1
+
+    @property
     def num_classes(self) -> int:
-        return self.pretrained_cfg.get("num_classes", 0)
+        for name in (self.arch_spec.classifiers if self.arch_spec is not None else ()):
+            module = self.get_submodule(name)
+            return getattr(module, "out_channels", None) or getattr(module, "out_features")
+        raise AttributeError("a Segmentor without an ArchSpec does not know its classifier")
+
+    @property
+    def pretrained_cfg(self) -> Mapping:
+        """Read-only view of the model's facts (:func:`cityseg_zoo.specs.pretrained_cfg`)."""
+        if self.arch_spec is None:
+            return MappingProxyType({})
+        n = self.num_classes
+        names, palette = (self.class_names, self.palette) if self.class_names is not None else default_classes(n)
+        return pretrained_cfg(self.arch_spec, self.weight_spec, num_classes=n, classes=names, palette=palette,
+                              model_kwargs=self.model_kwargs, record=self.record)
+
+    def set_classes(self, names, palette=None) -> None:
+        """Name the model's classes (a list as long as its class count) and optionally give their colours."""
+        names = tuple(str(n) for n in names)
+        if len(names) != self.num_classes:
+            raise InputError(f"{len(names)} class names for a model with {self.num_classes} classes")
+        if palette is not None and len(palette) != len(names):
+            raise InputError(f"{len(palette)} palette colours for {len(names)} classes")
+        self.class_names = names
+        self.palette = tuple(tuple(int(v) for v in c) for c in palette) if palette is not None else None
 
     def _check_input(self, x) -> None:
         if not isinstance(x, torch.Tensor):
@@ -80,6 +119,11 @@ class Segmentor(nn.Module):
         h, w = x.shape[-2:]
         if min(h, w) < self.min_input_size:
             raise InputError(f"input {h}x{w} is smaller than this model's minimum side of {self.min_input_size} px")
+
+    def mark_finetuned(self, started_from: str | None) -> None:
+        """Record that the weights were trained further (from the weight or file ``started_from``): the published
+        weight's name and metrics then no longer describe the model (``pretrained_cfg["finetuned_from"]``)."""
+        self.record = {**self.record, "finetuned_from": started_from or "random initialisation"}
 
     def forward_logits_lowres(self, x: torch.Tensor) -> torch.Tensor:
         """Main logits at the head's resolution, as the reference code returns them (no upsampling)."""

@@ -13,12 +13,12 @@ Several GPUs or machines (DistributedDataParallel, SyncBatchNorm; ``--batch-size
 Data layouts (``--layout``):
   folders     ``<data>/images/<name>.jpg|png`` with ``<data>/masks/<name>.png`` (class indices, 255 = ignore)
   cityscapes  ``<data>/leftImg8bit/<split>/*/*_leftImg8bit.png`` with
-              ``<data>/gtFine/<split>/*/*_gtFine_labelTrainIds.png``
+              ``<data>/gtFine/<split>/*/*_gtFine_labelIds.png`` (label ids, read as trainIds)
 
 Every ``--save-every`` steps, ``<output>/checkpoint-<step>/`` gets ``model.safetensors`` + ``config.json``
 (loadable with ``cityseg_zoo.hf.from_pretrained``) and the optimizer/scheduler/RNG state; ``--resume auto``
 continues from ``<output>/latest``. ``<output>/log.jsonl`` has one line per step (loss terms, learning rates).
-Settings left out come from the architecture's recipe in ``cityseg_zoo.train.RECIPES`` (lr, weight decay, poly
+Settings left out come from the architecture's recipe (``ArchSpec.recipe``, ``cityseg_zoo.train.recipe_for``) (lr, weight decay, poly
 power, head lr multiplier, OHEM), else SGD lr 0.01, momentum 0.9, weight decay 5e-4, poly 0.9, cross-entropy.
 """
 from __future__ import annotations
@@ -41,11 +41,6 @@ from cityseg_zoo.train import (RandomScaleCropFlip, ResumableSampler, Segmentati
                                build_sgd, cityscapes_pairs, convert_sync_batchnorm, find_checkpoint, folder_pairs,
                                init_distributed,
                                load_training_checkpoint, poly_scheduler, recipe_for, save_training_checkpoint)
-
-# Facts of the weights a model started from, which the fine-tuned model no longer has.
-_WEIGHT_ONLY_KEYS = ("filename", "sources", "sha256", "size", "container", "layout", "reported", "note",
-                     "checkpoint", "family")
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
@@ -109,21 +104,18 @@ def parse_pretrained(text: str):
 
 
 def build_model(args: argparse.Namespace, load_weights: bool = True):
-    """The model with ``--num-classes`` outputs; its ``pretrained_cfg`` rewritten to describe the fine-tuned model."""
+    """The model with ``--num-classes`` outputs (and ``--classes`` names), recorded as fine-tuned from where it
+    started: its ``pretrained_cfg`` then describes the fine-tuned model, not the published weights."""
     model_kwargs = json.loads(args.model_kwargs)
     pretrained = parse_pretrained(args.pretrained) if load_weights else False
-    model = cityseg_zoo.create_model(args.model, pretrained=pretrained, num_classes=args.num_classes, **model_kwargs)
-    cfg = model.pretrained_cfg
-    started_from = cfg.get("weights") or (str(pretrained) if pretrained not in (False, True) else None)
-    for key in _WEIGHT_ONLY_KEYS:
-        cfg.pop(key, None)
-    classes = args.classes.split(",") if args.classes else [f"class_{i}" for i in range(args.num_classes)]
-    if len(classes) != args.num_classes:
+    classes = args.classes.split(",") if args.classes else None
+    if classes is not None and len(classes) != args.num_classes:
         raise CitysegZooError(f"--classes names {len(classes)} classes, --num-classes is {args.num_classes}")
-    if classes != cfg.get("classes"):
-        cfg.pop("palette", None)
-    cfg.update(weights=None, finetuned_from=started_from, classes=classes,
-               model_kwargs={**cfg.get("model_kwargs", {}), **model_kwargs})
+    model = cityseg_zoo.create_model(args.model, pretrained=pretrained, num_classes=args.num_classes,
+                                     class_names=classes, **model_kwargs)
+    started_from = model.pretrained_cfg.get("weights") or (str(pretrained) if pretrained not in (False, True)
+                                                             else None)
+    model.mark_finetuned(started_from)
     return model
 
 
@@ -132,7 +124,7 @@ def make_dataset(args: argparse.Namespace, settings: dict, model) -> Segmentatio
              else folder_pairs(args.data / "images", args.data / "masks"))
     transform = RandomScaleCropFlip(settings["crop"], (settings["scale_min"], settings["scale_max"]),
                                     flip=not args.no_flip, ignore_index=args.ignore_index)
-    dataset = SegmentationPairs(pairs, Normalization(**model.pretrained_cfg["input"]), args.num_classes,
+    dataset = SegmentationPairs(pairs, Normalization.from_dict(model.pretrained_cfg["input"]), args.num_classes,
                                 transform, ignore_index=args.ignore_index)
     return dataset
 

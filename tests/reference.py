@@ -1,33 +1,43 @@
-"""Rebuild the reference repos' checkpoints and outputs from ``shared/spec`` (golden_recipe.md).
+"""Rebuild the reference repos' checkpoints and outputs from ``tests/data`` (recipe: ``tests/data/README.md``).
 
 Every weight is a deterministic function of (reference key, shape), so a checkpoint in the reference layout can be
 rebuilt from the key list alone, saved in that repo's container, and loaded through ``create_model``.
 """
 from __future__ import annotations
 
+import functools
+import gzip
 import json
 import math
-import os
 import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
+DATA = Path(__file__).resolve().parent / "data"
+GOLDEN = DATA / "golden.npz"                    # {name: float32 logits of the reference code}
+KEYS = DATA / "reference_keys.json.gz"          # {name: {state_dict key: shape}}, keys in state_dict order
 
-def spec_dir() -> Path:
-    """``$CITYSEG_SPEC_DIR``, else ``shared/spec`` beside the repository checkout."""
-    env = os.environ.get("CITYSEG_SPEC_DIR")
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[2] / "shared" / "spec")
-    for path in candidates:
-        if (path / "golden_recipe.md").is_file():
-            return path
-    raise FileNotFoundError(f"reference spec not found in {[str(c) for c in candidates]}; set CITYSEG_SPEC_DIR")
+
+@functools.lru_cache(maxsize=None)
+def _all_reference_keys() -> dict[str, dict[str, list[int]]]:
+    return json.loads(gzip.decompress(KEYS.read_bytes()))
+
+
+def reference_key_names() -> list[str]:
+    """Names of every reference key layout held in ``tests/data``."""
+    return sorted(_all_reference_keys())
+
+
+def golden_names() -> list[str]:
+    """Names of every golden output held in ``tests/data``."""
+    with np.load(GOLDEN) as golden:
+        return sorted(golden.files)
 
 
 def fill_value(key: str, shape, dtype=torch.float32) -> torch.Tensor:
-    """golden_recipe.md §2, verbatim."""
+    """The deterministic weight rule of the recipe (``tests/data/README.md``), verbatim."""
     g = torch.Generator().manual_seed(zlib.crc32(key.encode()))
     shape = tuple(shape)
     if key.endswith("num_batches_tracked"):
@@ -47,11 +57,15 @@ def fill_value(key: str, shape, dtype=torch.float32) -> torch.Tensor:
 
 
 def reference_keys(name: str) -> dict[str, list[int]]:
-    return json.loads((spec_dir() / "keys" / f"{name}.json").read_text())
+    """``{key: shape}`` of a reference checkpoint layout, in its ``state_dict`` order (a fresh copy)."""
+    keys = _all_reference_keys()
+    if name not in keys:
+        raise KeyError(f"no reference keys {name!r} in {KEYS}; have {sorted(keys)}")
+    return {key: list(shape) for key, shape in keys[name].items()}
 
 
 def reference_state_dict(name: str, aliases: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
-    """The reference checkpoint of ``keys/<name>.json`` with deterministic values.
+    """The reference checkpoint of ``reference_keys(name)`` with deterministic values.
 
     ``aliases``: ``{alias_substring: original_substring}`` for shared modules (OCNet ``f_query`` = ``f_key``):
     an alias key holds the same tensor as its original, as in the reference's state dict.
@@ -85,7 +99,11 @@ def golden_input() -> torch.Tensor:
 
 
 def golden_output(name: str) -> torch.Tensor:
-    return torch.from_numpy(np.load(spec_dir() / "golden" / f"{name}_out.npy"))
+    """The reference code's float32 logits for ``golden_input()``."""
+    with np.load(GOLDEN) as golden:
+        if name not in golden.files:
+            raise KeyError(f"no golden output {name!r} in {GOLDEN}; have {sorted(golden.files)}")
+        return torch.from_numpy(golden[name])
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -114,22 +132,37 @@ def manifest_entry(name: str, architecture: str, filename: str, data: bytes, sou
                    layout: str, **overrides) -> dict:
     """A schema-valid weight entry for a checkpoint a test serves (full sha256 and size of ``data``)."""
     import hashlib
-    from cityseg_zoo.registry import get_entry
     entry = {"name": name, "architecture": architecture, "family": "original", "num_classes": 19,
              "classes": "cityscapes_trainids", "filename": filename, "format": "pth", "container": "bare",
              "layout": layout, "sources": sources, "integrity": "sha256",
              "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
-             "input": json.loads(json.dumps(get_entry(architecture).cfg["input"])),
              "eval": {"mode": "whole", "crop_size": None, "stride": None, "scales": [1.0], "flip": False},
              "reported": {}, "license": "test", "citation": "test"}
     entry.update(overrides)
     return entry
 
 
+def toy_weight(name: str, filename: str, data: bytes, sources: list[dict], **overrides):
+    """A :class:`WeightSpec` of a served file, for the download layer's tests (full sha256 and size by default)."""
+    from cityseg_zoo.specs import WeightSpec
+    return WeightSpec.from_manifest(manifest_entry(name, "fcn_r50", filename, data, sources, "ocnet_baseline",
+                                                   **overrides))
+
+
+def shipped_entry(name: str) -> dict:
+    """A copy of the shipped manifest's raw JSON entry ``name``."""
+    from cityseg_zoo.hub.manifest import load_manifest
+    return next(e for e in load_manifest()["weights"] if e["name"] == name)
+
+
 def with_manifest_entries(monkeypatch, *entries: dict) -> None:
-    """Make ``entries`` resolvable by name, after validating them against the manifest schema."""
+    """Make ``entries`` resolvable by name, after validating them as the shipped manifest is validated."""
     import cityseg_zoo.registry as registry
     from cityseg_zoo.hub.manifest import SCHEMA_VERSION, validate_manifest
+    from cityseg_zoo.specs import WeightSpec
     validate_manifest({"schema_version": SCHEMA_VERSION, "weights": list(entries)})
-    manifest = {**registry.weights_manifest(), **{e["name"]: e for e in entries}}
+    specs = {e["name"]: WeightSpec.from_manifest(e) for e in entries}
+    problems = [p for spec in specs.values() for p in registry.weight_problems(spec)]
+    assert not problems, problems
+    manifest = {**registry.weights_manifest(), **specs}
     monkeypatch.setattr(registry, "weights_manifest", lambda: manifest)

@@ -11,14 +11,13 @@ import torch
 from cityseg_zoo import WeightsUnavailableError, create_model
 from cityseg_zoo.hub.download import HashMismatchError, cache_dir, fetch_weights
 from loopback import FileServer, HubServer
-from reference import manifest_entry, reference_state_dict, save_container, with_manifest_entries
+from reference import manifest_entry, reference_state_dict, save_container, toy_weight, with_manifest_entries
 
 PAYLOAD = random.Random(0).randbytes(300_000)  # the same bytes in spawned test processes
 
 
 def _weight(sources, data=PAYLOAD, **extra):
-    return {"name": "toy_cityscapes", "filename": "toy.pth", "sources": sources,
-            "sha256": hashlib.sha256(data).hexdigest(), "size": len(data), **extra}
+    return toy_weight("toy_cityscapes", "toy.pth", data, sources, **extra)
 
 
 def _cached_files():

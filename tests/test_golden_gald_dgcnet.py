@@ -1,4 +1,6 @@
 """GALD-Net and DGCNet: reference logits, the two GALD checkpoint layouts, the GALD / GCN ops, size contract."""
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +11,7 @@ from cityseg_zoo.errors import InputError
 from cityseg_zoo.hub.convert import load_converted
 from cityseg_zoo.ops.gald import GALDBlock, LocalAttention, SpatialCGNL
 from cityseg_zoo.ops.gcn import DualGCN, SpatialGCN
-from cityseg_zoo.registry import get_entry
+from cityseg_zoo.registry import arch_spec
 
 
 # ---------------------------------------------------------------------------------------------- reference logits
@@ -38,7 +40,7 @@ def test_galdnet_loads_v2019_flat_stem_checkpoint_like_master_layout():
     master = {_to_master_name(k): v for k, v in old.items()}
     assert {k: list(v.shape) for k, v in master.items()} == reference_keys("gald_r101_original")
     model = cityseg_zoo.create_model("galdnet_r101").eval()
-    layouts = get_entry("galdnet_r101").layouts
+    layouts = arch_spec("galdnet_r101").layouts
     x = torch.randn(1, 3, 111, 113, generator=torch.Generator().manual_seed(1))
     outs = []
     for state, expected_layout in ((old, "lxtgh_v2019"), (master, "lxtgh")):
@@ -173,7 +175,8 @@ def test_galdnet_minimum_input_is_111_and_exact():
         assert out.shape == (1, 5, 111, 113) and torch.isfinite(out).all()
         with pytest.raises(InputError, match="111"):
             model(torch.randn(1, 3, 110, 113))
-        model.min_input_size = 1                    # without the check the network itself fails at 110 px
+        # without the check the network itself fails at 110 px
+        model.arch_spec = dataclasses.replace(model.arch_spec, min_input_size=1)
         with pytest.raises(RuntimeError):
             model.forward_logits_lowres(torch.randn(1, 3, 110, 113))
 

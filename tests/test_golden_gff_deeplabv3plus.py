@@ -6,7 +6,7 @@ import torch.nn.functional as F
 import cityseg_zoo
 from cityseg_zoo.errors import WeightsUnavailableError
 from cityseg_zoo.ops.gated_fusion import gated_fully_fusion
-from cityseg_zoo.registry import get_entry
+from cityseg_zoo.registry import arch_spec
 from reference import check_golden, golden_output
 
 
@@ -76,10 +76,10 @@ def test_odd_unequal_input_gives_full_size_logits_in_eval_and_a_dict_in_train(na
 
 def test_resnet_gffnet_is_a_paper_redesign_without_checkpoint_layout():
     for name in ("gffnet_r50", "gffnet_r101"):
-        entry = get_entry(name)
-        assert entry.layouts == ()
-        assert entry.cfg["checkpoint_compatible"] is False
-        assert "No reference code and no weights exist" in entry.doc
+        spec = arch_spec(name)
+        assert spec.layouts == ()
+        assert spec.reference.startswith("none: rebuilt from the paper")
+        assert "No reference code and no weights exist" in spec.doc
 
 
 def test_wrn38_refuses_pretrained_backbone_it_cannot_get():

@@ -18,7 +18,8 @@ def finetuned():
     torch.manual_seed(0)
     model = cityseg_zoo.create_model("fcn_r50", num_classes=3)
     model.train()(torch.randn(2, 3, 32, 32))   # moves the running statistics away from their init
-    model.pretrained_cfg.update(classes=CLASSES, finetuned_from="fcn_r50_example")
+    model.set_classes(CLASSES)
+    model.mark_finetuned("fcn_r50_example")
     return model.eval()
 
 

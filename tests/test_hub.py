@@ -16,10 +16,12 @@ from cityseg_zoo import CheckpointError, create_model, load_checkpoint
 from cityseg_zoo.cli import main
 from cityseg_zoo.cli.hub import weights_table
 from cityseg_zoo.hub.download import HashMismatchError, cache_dir, fetch_weights
-from cityseg_zoo.hub.manifest import ManifestError, SCHEMA_VERSION, validate_manifest
+from cityseg_zoo.hub.manifest import ManifestError, SCHEMA_VERSION, format_manifest, validate_manifest
 from cityseg_zoo.hub.weights import converted_path
+from cityseg_zoo.specs import WeightSpec
 from loopback import FileServer, HubServer
-from reference import manifest_entry, reference_state_dict, save_container, with_manifest_entries
+from reference import (manifest_entry, reference_state_dict, save_container, shipped_entry, toy_weight,
+                       with_manifest_entries)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,15 +45,29 @@ def _serve_fcn(monkeypatch, server, data, **overrides):
 # --- manifest schema -------------------------------------------------------------------------------------------
 
 def test_shipped_manifest_follows_its_schema():
-    layouts = {name: [lay.name for lay in cityseg_zoo.registry.get_entry(name).layouts]
+    layouts = {name: [lay.name for lay in cityseg_zoo.registry.arch_spec(name).layouts]
                for name in cityseg_zoo.list_models()}
     validate_manifest(json.loads((REPO / "weights_manifest.json").read_text()), layouts)
 
 
-def test_each_weight_records_the_input_its_architecture_was_built_for():
-    for weight in cityseg_zoo.registry.weights_manifest().values():
-        arch_input = cityseg_zoo.registry.get_entry(weight["architecture"]).cfg["input"]
-        assert json.loads(json.dumps(arch_input)) == weight["input"], weight["name"]
+def test_shipped_manifest_is_in_its_canonical_format():
+    text = (REPO / "weights_manifest.json").read_text()
+    assert format_manifest(json.loads(text)) == text, "run python -m cityseg_zoo.hub.manifest to reformat it"
+
+
+def test_manifest_does_not_repeat_the_architecture_input():
+    entry = shipped_entry("danet_r101_cityscapes")
+    entry["input"] = cityseg_zoo.registry.arch_spec("danet_r101").input.as_dict()
+    problems = cityseg_zoo.registry.weight_problems(WeightSpec.from_manifest(entry))
+    assert problems and "repeats danet_r101's normalisation" in problems[0]
+    entry["input"]["channel_order"] = "BGR"   # a real override is allowed, and wins in pretrained_cfg
+    assert cityseg_zoo.registry.weight_problems(WeightSpec.from_manifest(entry)) == []
+
+
+def test_manifest_model_kwargs_must_be_builder_arguments():
+    entry = {**shipped_entry("ccnet_r101_cityscapes"), "model_kwargs": {"recurence": 2}}
+    problems = cityseg_zoo.registry.weight_problems(WeightSpec.from_manifest(entry))
+    assert problems == ["weights['ccnet_r101_cityscapes']: model_kwargs ['recurence'] are not arguments of ccnet_r101"]
 
 
 @pytest.mark.parametrize("change, message", [
@@ -61,20 +77,21 @@ def test_each_weight_records_the_input_its_architecture_was_built_for():
     (lambda e: e.update(integrity="sha256", sha256=None), "integrity 'sha256' if and only if"),
     (lambda e: e.update(sources=[]), "integrity 'unreleased' if and only if there are no sources"),
     (lambda e: e["eval"].update(mode="sliding"), "eval.mode: 'sliding' is not one of"),
-    (lambda e: e["input"].update(mean=[1, 2]), "input.mean: 2 items"),
+    (lambda e: e.update(input={"channel_order": "RGB", "scale": 1.0, "mean": [1, 2], "std": [1, 1, 1]}),
+     "input.mean: 2 items"),
     (lambda e: e.update(colour="red"), "unknown field 'colour'"),
     (lambda e: e.update(architecture="fcn_r102"), "unknown architecture 'fcn_r102'"),
     (lambda e: e.update(layout="mmseg"), "has no layout 'mmseg'"),
 ])
 def test_manifest_schema_rejects_bad_entries(change, message):
-    entry = copy.deepcopy(cityseg_zoo.registry.weights_manifest()["danet_r101_cityscapes"])
+    entry = copy.deepcopy(shipped_entry("danet_r101_cityscapes"))
     change(entry)
     with pytest.raises(ManifestError, match=message.replace("(", r"\(").replace("[", r"\[")):
         validate_manifest({"schema_version": SCHEMA_VERSION, "weights": [entry]}, {"danet_r101": ["danet"]})
 
 
 def test_manifest_rejects_duplicate_names():
-    entry = cityseg_zoo.registry.weights_manifest()["danet_r101_cityscapes"]
+    entry = shipped_entry("danet_r101_cityscapes")
     with pytest.raises(ManifestError, match="appears twice"):
         validate_manifest({"schema_version": SCHEMA_VERSION, "weights": [entry, entry]})
 
@@ -90,11 +107,12 @@ def test_documented_hash_prefix_is_checked():
     data = b"weights" * 1000
     digest = hashlib.sha256(data).hexdigest()
     with FileServer({"toy.pth": data}) as server:
-        weight = {"name": "toy_cityscapes", "filename": "toy.pth", "integrity": "sha256_prefix",
-                  "sha256_prefix": digest[:8], "sources": [{"kind": "http", "url": f"{server.url}/toy.pth"}]}
+        sources = [{"kind": "http", "url": f"{server.url}/toy.pth"}]
+        weight = toy_weight("toy_cityscapes", "toy.pth", data, sources, integrity="sha256_prefix",
+                            sha256_prefix=digest[:8], sha256=None, size=None)
         assert fetch_weights(weight, progress=False).read_bytes() == data
-        bad = {**weight, "name": "bad_cityscapes", "filename": "toy2.pth", "sha256_prefix": "deadbeef",
-               "sources": [{"kind": "http", "url": f"{server.url}/toy.pth"}]}
+        bad = toy_weight("bad_cityscapes", "toy2.pth", data, sources, integrity="sha256_prefix",
+                         sha256_prefix="deadbeef", sha256=None, size=None)
         with pytest.raises(HashMismatchError, match="deadbeef"):
             fetch_weights(bad, progress=False)
     assert not (cache_dir() / "weights" / "toy2.pth").exists()
@@ -102,8 +120,8 @@ def test_documented_hash_prefix_is_checked():
 
 def test_trust_on_first_use_warns_then_pins_the_hash():
     with FileServer({"toy.pth": b"first" * 100}) as server:
-        weight = {"name": "toy_cityscapes", "filename": "toy.pth", "integrity": "trust_on_first_use",
-                  "sha256": None, "size": None, "sources": [{"kind": "http", "url": f"{server.url}/toy.pth"}]}
+        weight = toy_weight("toy_cityscapes", "toy.pth", b"", [{"kind": "http", "url": f"{server.url}/toy.pth"}],
+                            integrity="trust_on_first_use", sha256=None, size=None)
         with pytest.warns(UserWarning, match="trusting toy.pth on first use"):
             path = fetch_weights(weight, progress=False)
         path.write_bytes(b"other" * 100)  # the cached file changes behind our back
@@ -120,7 +138,7 @@ def test_legacy_pth_is_converted_once_and_later_loads_never_unpickle(monkeypatch
         _serve_fcn(monkeypatch, server, data)
         first = create_model("fcn_r101_loopback", pretrained=True)
         assert server.requests == ["/fcn.pth"]
-    converted = converted_path({"name": "fcn_r101_loopback"})
+    converted = converted_path(cityseg_zoo.registry.weights_manifest()["fcn_r101_loopback"])
     assert converted.is_file() and not (cache_dir() / "weights" / "fcn.pth").exists()
 
     def no_unpickling(*args, **kwargs):
@@ -139,7 +157,7 @@ def test_tampered_converted_file_is_rebuilt_from_source(monkeypatch, fcn_checkpo
     with FileServer({"fcn.pth": data}) as server:
         _serve_fcn(monkeypatch, server, data)
         create_model("fcn_r101_loopback", pretrained=True)
-        converted = converted_path({"name": "fcn_r101_loopback"})
+        converted = converted_path(cityseg_zoo.registry.weights_manifest()["fcn_r101_loopback"])
         raw = bytearray(converted.read_bytes())
         raw[-1] ^= 0xFF
         converted.write_bytes(bytes(raw))
@@ -153,7 +171,7 @@ def test_cli_download_prefetches_for_offline_use(monkeypatch, fcn_checkpoint, ca
     with FileServer({"fcn.pth": data}) as server:
         _serve_fcn(monkeypatch, server, data)
         assert main(["download", "fcn_r101_loopback", "--quiet"]) == 0
-    assert str(converted_path({"name": "fcn_r101_loopback"})) in capsys.readouterr().out
+    assert str(converted_path(cityseg_zoo.registry.weights_manifest()["fcn_r101_loopback"])) in capsys.readouterr().out
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     create_model("fcn_r101_loopback", pretrained=True)
 

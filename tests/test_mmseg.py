@@ -1,7 +1,7 @@
 """mmsegmentation checkpoints load strictly, and the zoo computes what mmseg's code computes.
 
-* Key sets: every key and shape of ``shared/spec/keys/mmseg_<head>_r101.json`` (the real R-101-D8 files) maps
-  one-to-one onto ``mmseg_<head>_r101`` through the "mmseg" layout.
+* Key sets: every key and shape of ``reference_keys("mmseg_<head>_r101")`` (the real R-101-D8 files, kept in
+  ``tests/data``) maps one-to-one onto ``mmseg_<head>_r101`` through the "mmseg" layout.
 * Maths: for each of the six heads, an R-50-D8 checkpoint (the R-101 key set without layer3 blocks 6-22, values
   from ``reference.fill_value``) is saved in mmseg's ``{'meta', 'state_dict'}`` container, loaded through
   ``create_model`` and compared with a functional transcription of mmseg 1.x written below, which reads the
@@ -231,7 +231,7 @@ def test_mmseg_r101_key_set_maps_strictly_onto_the_zoo_model(head):
     state = {k: torch.empty(shape) for k, shape in keys.items()}
     with torch.device("meta"):
         model_state = cityseg_zoo.create_model(f"mmseg_{head}_r101").state_dict()
-    (layout,) = cityseg_zoo.registry.get_entry(f"mmseg_{head}_r101").layouts
+    (layout,) = cityseg_zoo.registry.arch_spec(f"mmseg_{head}_r101").layouts
     converted, report = convert_state_dict(state, layout, model_state)
     assert layout.name == "mmseg"
     assert report.ok, report.describe()

@@ -8,6 +8,7 @@ from PIL import Image
 from torch import nn
 
 from cityseg_zoo import registry
+from cityseg_zoo.data.normalization import IMAGENET_RGB
 from cityseg_zoo.errors import CheckpointError, InputError
 from cityseg_zoo.ops.norm import ABN
 from cityseg_zoo.train import (RandomScaleCropFlip, ResumableSampler, SegmentationLoss, SegmentationPairs,
@@ -115,7 +116,7 @@ def test_poly_schedule_follows_the_formula_and_keeps_the_head_at_10x():
 
 def test_param_groups_put_the_backbone_apart_from_every_head():
     with torch.device("meta"):
-        model = registry.get_entry("danet_r50").builder(num_classes=3)
+        model = registry.arch_spec("danet_r50").builder(num_classes=3)
     groups = {g["name"]: g for g in param_groups(model, lr=0.003, head_lr_mult=10.0)}
     assert len(groups["backbone"]["params"]) == len(list(model.backbone.parameters()))
     assert len(groups["head"]["params"]) == len(list(model.parameters())) - len(groups["backbone"]["params"])
@@ -181,18 +182,21 @@ def test_dataset_rejects_label_values_outside_the_classes(tmp_path):
         data[0]
 
 
-def test_cityscapes_layout_pairs_images_with_train_id_masks(tmp_path):
+def test_cityscapes_layout_reads_label_ids_as_train_ids(tmp_path):
+    # label ids 7 (road), 26 (car), 0 (unlabeled): trainIds 0, 13, 255, with no generated labelTrainIds files
     for city, frame in (("aachen", "aachen_000000_000019"), ("bochum", "bochum_000000_000313")):
-        write_pair(tmp_path / "leftImg8bit/train" / city, tmp_path / "gtFine/train" / city, frame, [[0]])
+        write_pair(tmp_path / "leftImg8bit/train" / city, tmp_path / "gtFine/train" / city, frame, [[7, 26, 0]])
         (tmp_path / "leftImg8bit/train" / city / f"{frame}.jpg").rename(
             tmp_path / "leftImg8bit/train" / city / f"{frame}_leftImg8bit.png")
         (tmp_path / "gtFine/train" / city / f"{frame}.png").rename(
-            tmp_path / "gtFine/train" / city / f"{frame}_gtFine_labelTrainIds.png")
+            tmp_path / "gtFine/train" / city / f"{frame}_gtFine_labelIds.png")
     pairs = cityscapes_pairs(tmp_path, "train")
-    assert [m.name for _, m in pairs] == ["aachen_000000_000019_gtFine_labelTrainIds.png",
-                                          "bochum_000000_000313_gtFine_labelTrainIds.png"]
+    assert [m.name for _, m in pairs] == ["aachen_000000_000019_gtFine_labelIds.png",
+                                          "bochum_000000_000313_gtFine_labelIds.png"]
+    _, label = SegmentationPairs(pairs, IMAGENET_RGB, 19)[0]
+    assert label.tolist() == [[0, 13, 255]]
     (pairs[1][1]).unlink()
-    with pytest.raises(InputError, match="csCreateTrainIdLabelImgs"):
+    with pytest.raises(InputError, match="label file missing for bochum_000000_000313_leftImg8bit.png"):
         cityscapes_pairs(tmp_path, "train")
 
 

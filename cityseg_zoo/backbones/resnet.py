@@ -13,11 +13,25 @@ from typing import Callable, Sequence
 
 import timm
 import torch
+from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
+
+# (conv, norm) attribute pairs of timm's residual blocks whose forward is norm(conv(x)) (optimize.fold_batchnorms).
+BLOCK_FOLD_PAIRS = {
+    Bottleneck: (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
+    BasicBlock: (("conv1", "bn1"), ("conv2", "bn2")),
+}
 
 
 class DilatedResNet(nn.Module):
-    """A timm ResNet trunk without pooling/classifier, returning ``[layer1, layer2, layer3, layer4]``."""
+    """A timm ResNet trunk without pooling/classifier, returning ``[layer1, layer2, layer3, layer4]``.
+
+    ``kept_features``: in eval mode, the stage outputs (indices 0-3) to return; the others are ``None``, so each is
+    freed as soon as the next stage has read it (``optimize.drop_unused_features`` sets it to what the head reads:
+    DANet keeps only layer4, which frees 320 MiB at 1024x2048). ``None`` keeps all four.
+    """
+
+    fold_pairs = (("conv1", "bn1"),)   # conv1 is the 7x7 conv or the deep stem (its last conv)
 
     def __init__(self, trunk: nn.Module):
         super().__init__()
@@ -32,13 +46,16 @@ class DilatedResNet(nn.Module):
             self.layer3[-1].conv3.out_channels, self.layer4[-1].conv3.out_channels,
         ]
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        self.kept_features: set[int] | None = None
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor | None]:
         x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
-        c1 = self.layer1(x)
-        c2 = self.layer2(c1)
-        c3 = self.layer3(c2)
-        c4 = self.layer4(c3)
-        return [c1, c2, c3, c4]
+        keep = None if self.training else self.kept_features
+        outputs = []
+        for index, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4)):
+            x = layer(x)
+            outputs.append(x if keep is None or index in keep else None)
+        return outputs
 
 
 def _set_dilations(layer: nn.Sequential, dilations: Sequence[int]) -> None:

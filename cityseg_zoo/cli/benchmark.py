@@ -59,23 +59,10 @@ class Point:
 # ---------------------------------------------------------------- what runs inside a worker process
 
 def fast_paths(model) -> str:
-    """The ops of ``model`` that dispatch to a fast path, and how many conv+norm pairs were folded."""
-    from ..ops.attention import PositionAttention
-    from ..ops.criss_cross import CrissCrossAttention
-    from ..ops.gald import GALDBlock
-    from ..ops.gated_fusion import GatedFullyFusion
-    from ..ops.gcn import DualGCN
-    from ..ops.object_context import SelfAttentionBlock
-    names = {
-        PositionAttention: "position attention without N×N (chunked on CPU, SDPA on CUDA)",
-        SelfAttentionBlock: "object context without N×N (chunked on CPU, SDPA on CUDA)",
-        CrissCrossAttention: "criss-cross: row/column GEMMs, shared in-place softmax",
-        GALDBlock: "GALD: fused in-place distribution",
-        DualGCN: "GCN: fused residuals",
-        GatedFullyFusion: "GFF: fused gate update",
-    }
-    found = sorted({text for cls, text in names.items() for m in model.modules() if isinstance(m, cls)})
-    optimized = getattr(model, "pretrained_cfg", {}).get("inference_optimized")
+    """The ops of ``model`` that dispatch to a fast path (each op's ``benchmark_label``), and what the inference
+    switch did (folded conv+norm pairs, kept backbone stages)."""
+    found = sorted({label for m in model.modules() if (label := getattr(type(m), "benchmark_label", None))})
+    optimized = getattr(model, "record", {}).get("inference_optimized")
     if optimized:
         switch = [f"{optimized['folded_norms']} conv+norm folded"]
         if optimized["kept_features"] is not None:

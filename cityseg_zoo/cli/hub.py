@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 from ..errors import CitysegZooError
-from ..factory import model_info
+from ..factory import locate_weights, model_info
 from ..hub.download import where_to_get
-from ..hub.weights import convert_file, weight_file
-from ..registry import list_models, resolve, weights_manifest
+from ..hub.weights import convert_file
+from ..registry import arch_spec, list_models, resolve, weights_manifest
+from ..specs import WeightSpec
 
 INTEGRITY_STATUS = {
     "sha256": "full sha256 + size",
@@ -19,8 +20,8 @@ INTEGRITY_STATUS = {
 }
 
 
-def _source_summary(weight: dict) -> str:
-    sources = weight.get("sources") or []
+def _source_summary(weight: WeightSpec) -> str:
+    sources = weight.sources
     if not sources:
         return "—"
     first = sources[0]
@@ -28,8 +29,8 @@ def _source_summary(weight: dict) -> str:
     return label + (f" (+{len(sources) - 1})" if len(sources) > 1 else "")
 
 
-def _miou(weight: dict) -> str:
-    reported = weight.get("reported", {})
+def _miou(weight: WeightSpec) -> str:
+    reported = weight.reported
     parts = [f"val {reported['val_miou']}" if "val_miou" in reported else "",
              f"val ms+flip {reported['val_ms_flip_miou']}" if "val_ms_flip_miou" in reported else "",
              f"test {reported['test_miou']}" if "test_miou" in reported else ""]
@@ -41,8 +42,8 @@ def weights_table(pattern: str = "*") -> str:
     rows = ["| weight name | family | source | reported mIoU | hash |", "|---|---|---|---|---|"]
     for name in list_models(pattern, pretrained=True):
         w = weights_manifest()[name]
-        rows.append(f"| `{name}` | {w['family']} | {_source_summary(w)} | {_miou(w)} | "
-                    f"{INTEGRITY_STATUS[w['integrity']]} |")
+        rows.append(f"| `{name}` | {w.family} | {_source_summary(w)} | {_miou(w)} | "
+                    f"{INTEGRITY_STATUS[w.integrity]} |")
     return "\n".join(rows)
 
 
@@ -51,12 +52,12 @@ def _list(args: argparse.Namespace) -> int:
         print(weights_table(args.pattern))
         return 0
     manifest = weights_manifest()
-    archs = set(list_models(args.pattern)) | {manifest[n]["architecture"]
+    archs = set(list_models(args.pattern)) | {manifest[n].architecture
                                                for n in list_models(args.pattern, pretrained=True)}
     print(f"{'architecture':<26}weights")
     for arch in sorted(archs):
-        weights = [w["name"] + ("" if w["sources"] else " (unreleased)")
-                   for w in manifest.values() if w["architecture"] == arch]
+        weights = [w.name + ("" if w.released else " (unreleased)")
+                   for w in manifest.values() if w.architecture == arch]
         print(f"{arch:<26}{', '.join(weights) or '-'}")
     return 0
 
@@ -73,19 +74,22 @@ def _info(args: argparse.Namespace) -> int:
     print(f"  input          {cfg['input']['channel_order']}, pixels/{cfg['input']['scale']:g}, "
           f"mean {list(cfg['input']['mean'])}, std {list(cfg['input']['std'])}")
     print(f"  align_corners  {cfg.get('align_corners')}")
+    print(f"  classes        {len(cfg['classes'])}: {', '.join(cfg['classes'])}")
     print(f"  layouts        {', '.join(info['layouts']) or '-'} (+ native safetensors)")
     print(f"  weights        {', '.join(info['weights']) or 'none released'}")
     if cfg.get("weights"):
         _, weight = resolve(cfg["weights"])
         print(f"  source         {where_to_get(weight)}")
-        print(f"  hash           {INTEGRITY_STATUS[weight['integrity']]}")
-        print(f"  eval protocol  {json.dumps(weight['eval'])}")
-        print(f"  reported       {_miou(weight)}" + (f"  ({weight['reported']['note']})"
-                                                     if 'note' in weight['reported'] else ""))
-        print(f"  license        {weight.get('license')}")
-        print(f"  citation       {weight.get('citation')}")
-        if weight.get("note"):
-            print(f"  note           {weight['note']}")
+        print(f"  hash           {INTEGRITY_STATUS[weight.integrity]}")
+        print(f"  eval protocol  {json.dumps(cfg['eval'])}")
+        print(f"  reported       {_miou(weight)}" + (f"  ({weight.reported['note']})"
+                                                     if 'note' in weight.reported else ""))
+        print(f"  license        {weight.license}")
+        if weight.terms:
+            print(f"  terms          {weight.terms}")
+        print(f"  citation       {weight.citation}")
+        if weight.note:
+            print(f"  note           {weight.note}")
     return 0
 
 
@@ -97,9 +101,8 @@ def _download(args: argparse.Namespace) -> int:
             if weight is None:
                 raise CitysegZooError(f"{name!r} is an architecture; give a weight name "
                                       f"(cityseg-zoo list {name}*)")
-            if not weight.get("sources"):
-                raise CitysegZooError(f"no weights were ever released for {name!r}: {weight.get('note', '')}")
-            path = weight_file(weight, mirror=args.mirror, progress=not args.quiet)
+            path = locate_weights(arch_spec(name), weight, mirror=args.mirror, progress=not args.quiet,
+                                  option="--weights ")
             print(f"{name}: {path}")
         except CitysegZooError as err:
             print(f"{name}: error: {err}")
@@ -108,8 +111,13 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    resolve(args.arch)  # unknown names fail here with suggestions
-    report = convert_file(args.input, args.arch, args.out, layout=args.layout, num_classes=args.num_classes,
+    arch = arch_spec(args.arch)  # unknown names fail here with suggestions
+    layouts = [lay for lay in arch.layouts if args.layout in (None, lay.name)]
+    if not layouts and args.layout != "native":
+        raise CitysegZooError(f"unknown layout {args.layout!r} for {arch.name}; it loads "
+                              f"{[lay.name for lay in arch.layouts] + ['native']}")
+    model_state = arch.builder(num_classes=args.num_classes or 19).state_dict()
+    report = convert_file(args.input, args.out, layouts=layouts, model_state=model_state, name=arch.name,
                           metadata={"source_file": Path(args.input).name})
     print(f"{args.input} ({report.layout} layout) -> {args.out}")
     return 0

@@ -63,13 +63,13 @@ def resolve_device(name: str) -> torch.device:
 
 def load_model(args: argparse.Namespace) -> torch.nn.Module:
     """The model named by ``--model`` with ``--weights`` / published weights / ``--random-init``, in eval mode."""
-    from .. import create_model
+    from ..factory import build_model
     if args.weights is not None and args.random_init:
         raise InputError("--weights and --random-init exclude each other")
     if args.weights is not None and not args.weights.is_file():
         raise InputError(f"no such weights file: {args.weights}")
     pretrained = False if args.random_init else (str(args.weights) if args.weights is not None else True)
-    model = create_model(args.model, pretrained=pretrained)
+    model = build_model(args.model, pretrained=pretrained, option="--weights ")
     if args.random_init:
         print("warning: --random-init: the predictions come from UNTRAINED weights", file=sys.stderr)
     return model.eval().to(resolve_device(args.device))

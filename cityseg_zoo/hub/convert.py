@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -119,36 +120,34 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], layout: Layout,
     return converted, report
 
 
-def classifier_keys(model: nn.Module, num_classes: int) -> set[str]:
-    """State-dict keys of the final classifier convs (output channels = ``num_classes``, kernel 1x1)."""
-    keys = set()
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d) and module.out_channels == num_classes and module.kernel_size == (1, 1):
-            keys.add(f"{name}.weight")
-            if module.bias is not None:
-                keys.add(f"{name}.bias")
-    return keys
+def convert_strict(state_dict: dict[str, torch.Tensor], layouts: Sequence[Layout],
+                   model_state: dict[str, torch.Tensor], *, reinit: set[str] = frozenset(), source: str = "checkpoint",
+                   name: str = "the model") -> tuple[dict[str, torch.Tensor], ConversionReport]:
+    """Convert ``state_dict`` with the first of ``[NATIVE, *layouts]`` that maps it completely onto
+    ``model_state``: the one layout-choosing rule for local files, downloads and ``cityseg-zoo convert``.
 
-
-def load_converted(model: nn.Module, state_dict: dict[str, torch.Tensor], layouts: list[Layout],
-                   source: str = "checkpoint", reinit_classifier: bool = False) -> ConversionReport:
-    """Load ``state_dict`` into ``model`` through the first layout that maps it completely.
-
-    Raises :class:`CheckpointError` naming the missing/unexpected keys of the closest layout when none fits.
-    With ``reinit_classifier``, classifier layers whose class count differs keep their fresh initialisation.
+    ``reinit``: model keys (declared classifiers) whose shape may differ; those that do are left out of the result
+    and listed in ``report.reinitialized``. Raises :class:`CheckpointError` naming the missing/unexpected keys of
+    the closest layout when none fits.
     """
-    model_state = model.state_dict()
-    ignore = classifier_keys(model, model.pretrained_cfg.get("num_classes", -1)) if reinit_classifier else set()
     reports = []
     for layout in [NATIVE, *layouts]:
-        converted, report = convert_state_dict(state_dict, layout, model_state, ignore)
+        converted, report = convert_state_dict(state_dict, layout, model_state, set(reinit))
         if report.ok:
-            model.load_state_dict(converted, strict=not ignore)
-            report.reinitialized = sorted(ignore - set(converted))
-            return report
+            report.reinitialized = sorted(k for k in reinit if k not in converted)
+            return converted, report
         reports.append(report)
     best = min(reports, key=lambda r: r.n_problems)
-    arch = model.pretrained_cfg.get("architecture", type(model).__name__)
     raise CheckpointError(
-        f"{source} does not match {arch}. Tried layouts {[r.layout for r in reports]}; closest is "
+        f"{source} does not match {name}. Tried layouts {[r.layout for r in reports]}; closest is "
         f"{best.describe()}")
+
+
+def load_converted(model: nn.Module, state_dict: dict[str, torch.Tensor], layouts: Sequence[Layout],
+                   source: str = "checkpoint", reinit: set[str] = frozenset(),
+                   name: str = "the model") -> ConversionReport:
+    """Load ``state_dict`` into ``model`` through :func:`convert_strict`; re-initialised keys keep their values."""
+    converted, report = convert_strict(state_dict, layouts, model.state_dict(), reinit=reinit, source=source,
+                                       name=name)
+    model.load_state_dict(converted, strict=not report.reinitialized)
+    return report

@@ -24,12 +24,16 @@ import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin
 
 import requests
 from filelock import FileLock  # a dependency of huggingface_hub
 
 from ..errors import CheckpointError, WeightsUnavailableError
+
+if TYPE_CHECKING:  # the hub takes weight specs as arguments; it never imports the registry
+    from ..specs import WeightSpec
 
 WEIGHTS_DIR_ENV = "CITYSEG_ZOO_WEIGHTS_DIR"
 CACHE_ENV = "CITYSEG_ZOO_CACHE"
@@ -59,36 +63,42 @@ def sha256sum(path: Path) -> str:
     return digest.hexdigest()
 
 
-def pin_path(weight: dict) -> Path:
+def pin_path(weight: WeightSpec) -> Path:
     """Where the sha256 seen on first use of a weight without a published hash is kept."""
-    return cache_dir() / "weights" / (weight["filename"] + ".sha256")
+    return cache_dir() / "weights" / (weight.filename + ".sha256")
 
 
-def verify(path: Path, weight: dict) -> str:
-    """Check size and sha256 (full, or the documented prefix) of ``path``; return the full sha256.
+def expected_sha256(weight: WeightSpec) -> str | None:
+    """What a file of ``weight`` must hash to (a full sha256 or a prefix of one), the one rule every check uses:
+    the manifest's sha256, else its published prefix, else the hash pinned on first use; ``None`` before that."""
+    if weight.sha256 or weight.sha256_prefix:
+        return (weight.sha256 or weight.sha256_prefix).lower()
+    pin = pin_path(weight)
+    return pin.read_text().strip() if pin.is_file() else None
 
-    A weight with neither is trust-on-first-use: it warns, and the hash seen first is what later reads and
-    downloads must match (kept in the cache as ``<filename>.sha256``).
+
+def verify(path: Path, weight: WeightSpec) -> str:
+    """Check size and sha256 (:func:`expected_sha256`) of ``path``; return the full sha256.
+
+    A weight with no published hash is trust-on-first-use: it warns, and the hash seen first is what later reads
+    and downloads must match (kept in the cache as ``<filename>.sha256``).
     """
     size = path.stat().st_size
-    if weight.get("size") is not None and size != weight["size"]:
-        raise HashMismatchError(f"{path}: size {size} bytes, manifest says {weight['size']} for {weight['name']!r}")
+    if weight.size is not None and size != weight.size:
+        raise HashMismatchError(f"{path}: size {size} bytes, manifest says {weight.size} for {weight.name!r}")
     actual = sha256sum(path)
-    expected = weight.get("sha256") or weight.get("sha256_prefix")
+    expected = expected_sha256(weight)
     if expected is None:
-        if pin_path(weight).is_file():
-            expected = pin_path(weight).read_text().strip()
-        else:
-            warnings.warn(f"{weight['name']!r} has no published hash: trusting {weight['filename']} on first use "
-                          f"(sha256 {actual}); later files must match it", stacklevel=3)
-            return actual
-    if not actual.startswith(expected.lower()):
-        raise HashMismatchError(f"{path}: sha256 {actual} does not match {expected} expected for {weight['name']!r}")
+        warnings.warn(f"{weight.name!r} has no published hash: trusting {weight.filename} on first use "
+                      f"(sha256 {actual}); later files must match it", stacklevel=3)
+        return actual
+    if not actual.startswith(expected):
+        raise HashMismatchError(f"{path}: sha256 {actual} does not match {expected} expected for {weight.name!r}")
     return actual
 
 
-def _pin_first_use(weight: dict, digest: str) -> None:
-    if not (weight.get("sha256") or weight.get("sha256_prefix")) and not pin_path(weight).is_file():
+def _pin_first_use(weight: WeightSpec, digest: str) -> None:
+    if expected_sha256(weight) is None:
         pin_path(weight).write_text(digest + "\n")
 
 
@@ -161,20 +171,29 @@ def _mirror_source(mirror: str, filename: str) -> dict:
     return {"kind": "local", "path": str(Path(mirror) / filename)}
 
 
-def where_to_get(weight: dict) -> str:
-    return "; ".join(_describe(s) for s in weight.get("sources", [])) or "nowhere (never released)"
+def passing(option: str, path: str) -> str:
+    """How to give ``path`` with the caller's ``option``: ``pretrained='path'`` in Python, ``--weights path`` in the
+    CLI."""
+    return f"{option}{path!r}" if option.endswith("=") else f"{option}{path}"
 
 
-def fetch_weights(weight: dict, *, mirror: str | None = None, offline: bool | None = None,
-                  progress: bool = True) -> Path:
+def where_to_get(weight: WeightSpec) -> str:
+    return "; ".join(_describe(s) for s in weight.sources) or "nowhere (never released)"
+
+
+def fetch_weights(weight: WeightSpec, *, mirror: str | None = None, offline: bool | None = None,
+                  progress: bool = True, option: str = "pretrained=") -> Path:
     """Return a verified local path of ``weight``'s file, downloading it if needed (see module docstring)."""
-    return fetch_verified(weight, mirror=mirror, offline=offline, progress=progress)[0]
+    return fetch_verified(weight, mirror=mirror, offline=offline, progress=progress, option=option)[0]
 
 
-def fetch_verified(weight: dict, *, mirror: str | None = None, offline: bool | None = None,
-                   progress: bool = True) -> tuple[Path, str]:
-    """:func:`fetch_weights`, also returning the file's sha256 computed while verifying it."""
-    filename = weight["filename"]
+def fetch_verified(weight: WeightSpec, *, mirror: str | None = None, offline: bool | None = None,
+                   progress: bool = True, option: str = "pretrained=") -> tuple[Path, str]:
+    """:func:`fetch_weights`, also returning the file's sha256 computed while verifying it.
+
+    ``option``: how the caller names the weights argument (``pretrained=`` in Python, ``--weights`` in the CLI),
+    for the message that says how to use a file fetched by hand."""
+    filename = weight.filename
     for folder in [Path(d) for d in os.environ.get(WEIGHTS_DIR_ENV, "").split(os.pathsep) if d]:
         if (folder / filename).is_file():
             return folder / filename, verify(folder / filename, weight)  # checked but never deleted
@@ -192,10 +211,11 @@ def fetch_verified(weight: dict, *, mirror: str | None = None, offline: bool | N
                 target.unlink()
         if offline:
             raise WeightsUnavailableError(
-                f"offline and {filename} ({weight['name']}) is not cached in {target.parent}. On a machine with "
-                f"internet run `cityseg-zoo download {weight['name']}` or fetch it from {where_to_get(weight)}, "
-                f"then copy it into {target.parent} or a folder named by ${WEIGHTS_DIR_ENV}.")
-        sources = ([_mirror_source(mirror, filename)] if mirror else []) + list(weight.get("sources", []))
+                f"offline and {filename} ({weight.name}) is not cached in {target.parent}. On a machine with "
+                f"internet run `cityseg-zoo download {weight.name}` or fetch it from {where_to_get(weight)}, "
+                f"then copy it into {target.parent} or a folder named by ${WEIGHTS_DIR_ENV}, or pass "
+                f"{passing(option, 'path/to/' + filename)}.")
+        sources = ([_mirror_source(mirror, filename)] if mirror else []) + [dict(s) for s in weight.sources]
         failures, mismatched = [], False
         for source in sources:
             try:
@@ -206,9 +226,9 @@ def fetch_verified(weight: dict, *, mirror: str | None = None, offline: bool | N
             except (requests.RequestException, OSError) as err:
                 failures.append(f"{_describe(source)}: {type(err).__name__}: {err}")
         error = HashMismatchError if mismatched else WeightsUnavailableError
-        raise error(f"could not get a verified {filename} ({weight['name']}): " + " | ".join(failures)
+        raise error(f"could not get a verified {filename} ({weight.name}): " + " | ".join(failures)
                     + f". To install it by hand, download {filename} from {where_to_get(weight)} and put it in a "
-                    f"folder named by ${WEIGHTS_DIR_ENV}, or pass pretrained='path/to/{filename}'.")
+                    f"folder named by ${WEIGHTS_DIR_ENV}, or pass {passing(option, 'path/to/' + filename)}.")
 
 
 @contextmanager
@@ -222,7 +242,7 @@ def _temporary_beside(target: Path):
         Path(name).unlink(missing_ok=True)
 
 
-def _fetch_one(source: dict, target: Path, weight: dict, progress: bool) -> tuple[Path, str]:
+def _fetch_one(source: dict, target: Path, weight: WeightSpec, progress: bool) -> tuple[Path, str]:
     """Put ``source``'s bytes in a temporary file, verify them, then rename the file to ``target``."""
     kind = source["kind"]
     with _temporary_beside(target) as tmp:

@@ -1,7 +1,7 @@
 """``weights_manifest.json``: its schema, and loading it with validation.
 
 The manifest is the single source of truth for every checkpoint: where it comes from, how to check it, how to
-read it, what it expects as input and how it was evaluated. ``WEIGHT_SCHEMA`` is a JSON Schema (the subset
+read it, which classes it predicts and how it was evaluated (the input normalisation is its architecture's). ``WEIGHT_SCHEMA`` is a JSON Schema (the subset
 ``_check`` implements: type, enum, pattern, minimum, minItems, required, properties, additionalProperties,
 items, and ``oneOf`` picked by a ``kind`` constant). Checks that span fields (hash fields present as
 ``integrity`` says, a known architecture and layout) are in :func:`validate_manifest`.
@@ -59,8 +59,7 @@ _SOURCES = {
 WEIGHT_SCHEMA = {
     "type": "object", "additionalProperties": False,
     "required": ["name", "architecture", "family", "num_classes", "classes", "filename", "format", "container",
-                 "layout", "sources", "integrity", "sha256", "size", "input", "eval", "reported", "license",
-                 "citation"],
+                 "layout", "sources", "integrity", "sha256", "size", "eval", "reported", "license", "citation"],
     "properties": {
         "name": {"type": "string", "pattern": "^[a-z0-9_]+$"},
         "architecture": {"type": "string", "pattern": "^[a-z0-9_]+$"},
@@ -79,13 +78,15 @@ WEIGHT_SCHEMA = {
         "sha256": {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$"},
         "sha256_prefix": {"type": "string", "pattern": "^[0-9a-f]{8,63}$"},
         "size": {"type": ["integer", "null"], "minimum": 1},
-        "input": _NORMALIZATION,
+        "input": _NORMALIZATION,   # only where the weight was trained with another normalisation than its
+                                   # architecture's (ArchSpec.input owns it otherwise)
         "eval": _EVAL,
         "reported": {"type": "object", "additionalProperties": False, "properties": {
             "val_miou": {"type": "number"}, "val_ms_flip_miou": {"type": "number"},
             "test_miou": {"type": "number"}, "note": {"type": "string"}}},
         "license": {"type": ["string", "null"]},
         "citation": {"type": "string"},
+        "terms": {"type": "string"},   # licence notice shown once when the weights are loaded (non-commercial...)
         "note": {"type": "string"},
     },
 }
@@ -201,3 +202,28 @@ def load_manifest(known_architectures: dict | None = None) -> dict:
     manifest = json.loads(text)
     validate_manifest(manifest, known_architectures)
     return manifest
+
+
+def format_manifest(manifest: dict) -> str:
+    """The manifest as the shipped file writes it: JSON with 2-space indents, lists of numbers on one line.
+
+    ``python -m cityseg_zoo.hub.manifest`` rewrites the shipped file in this form (after an edit by hand or by a
+    script); a test checks that the file is in it."""
+
+    def dump(value, indent: int) -> str:
+        pad, inner = " " * indent, " " * (indent + 2)
+        if isinstance(value, dict) and value:
+            items = [f"{inner}{json.dumps(k)}: {dump(v, indent + 2)}" for k, v in value.items()]
+            return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+        if isinstance(value, list) and value and not all(_is(v, "number") or v is None for v in value):
+            return "[\n" + ",\n".join(f"{inner}{dump(v, indent + 2)}" for v in value) + f"\n{pad}]"
+        return json.dumps(value, ensure_ascii=False)
+
+    return dump(manifest, 0) + "\n"
+
+
+if __name__ == "__main__":
+    path = resources.files("cityseg_zoo").joinpath("weights_manifest.json")
+    text = format_manifest(json.loads(path.read_text(encoding="utf-8")))
+    with open(str(path), "w", encoding="utf-8") as f:
+        f.write(text)

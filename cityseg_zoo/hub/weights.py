@@ -12,66 +12,52 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from filelock import FileLock
 
-from ..errors import CheckpointError
 from .checkpoint import read_state_dict
-from ..data.cityscapes import NUM_CLASSES
-from .convert import NATIVE, ConversionReport, convert_state_dict
-from .download import (HashMismatchError, _temporary_beside, cache_dir, fetch_verified, fetch_weights, pin_path,
-                       sha256sum)
+from .convert import ConversionReport, Layout, convert_strict
+from .download import (HashMismatchError, _temporary_beside, cache_dir, expected_sha256, fetch_verified,
+                       fetch_weights, sha256sum)
+
+if TYPE_CHECKING:  # the hub takes weight specs as arguments; it never imports the registry
+    from ..specs import WeightSpec
 
 FORMAT_TAG = "cityseg_zoo"
 LAYOUT_VERSION = "1"  # bump when the zoo renames its own keys: converted files of another version are redone
 
 
-def convert_file(source: str | os.PathLike, architecture: str, dest: str | os.PathLike, *,
-                 layout: str | None = None, num_classes: int | None = None,
+def convert_file(source: str | os.PathLike, dest: str | os.PathLike, *, layouts: Sequence[Layout],
+                 model_state: dict[str, torch.Tensor], name: str = "the model",
                  metadata: dict[str, str] | None = None) -> ConversionReport:
-    """Convert a checkpoint in any layout ``architecture`` loads into a zoo safetensors file at ``dest``.
+    """Convert a checkpoint in any of ``layouts`` (or the zoo's own) into a zoo safetensors file at ``dest``.
 
-    Strict: a missing, unexpected or mis-shaped key raises :class:`CheckpointError` and nothing is written.
-    ``num_classes``: of the checkpoint's classifiers (default 19).
-    The file is written to a temporary name and renamed, so ``dest`` is either absent or complete.
+    ``model_state``: the state dict the checkpoint must fill exactly (its keys and shapes; values are used only
+    for keys a layout marks optional). Strict: a missing, unexpected or mis-shaped key raises
+    :class:`CheckpointError` and nothing is written. The file is written to a temporary name and renamed, so
+    ``dest`` is either absent or complete.
     """
     from safetensors.torch import save_file
-    from ..registry import get_entry
 
-    entry = get_entry(architecture)
-    state_dict = read_state_dict(source)
-    layouts = [lay for lay in entry.layouts if layout is None or lay.name == layout]
-    if not layouts and layout != "native":
-        raise CheckpointError(f"unknown layout {layout!r} for {architecture}; it loads "
-                              f"{[lay.name for lay in entry.layouts] + ['native']}")
-    num_classes = num_classes or NUM_CLASSES
-    model_state = entry.builder(num_classes=num_classes).state_dict()
-    reports = []
-    for candidate in ([NATIVE] if layout in (None, "native") else []) + layouts:
-        converted, report = convert_state_dict(state_dict, candidate, model_state)
-        if not report.ok:
-            reports.append(report)
-            continue
-        dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().contiguous().clone() for k, v in converted.items()}  # no shared storage
-        meta = {"format": FORMAT_TAG, "layout_version": LAYOUT_VERSION, "architecture": architecture,
-                "num_classes": str(num_classes), "source_layout": candidate.name, **(metadata or {})}
-        with _temporary_beside(dest) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
-            os.replace(tmp, dest)
-        return report
-    best = min(reports, key=lambda r: r.n_problems)
-    raise CheckpointError(f"{source} does not match {architecture} with {num_classes} classes; closest is "
-                          f"{best.describe()}")
+    converted, report = convert_strict(read_state_dict(source), layouts, model_state, source=str(source), name=name)
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().clone() for k, v in converted.items()}  # no shared storage
+    meta = {"format": FORMAT_TAG, "layout_version": LAYOUT_VERSION, "architecture": name,
+            "source_layout": report.layout, **(metadata or {})}
+    with _temporary_beside(dest) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, dest)
+    return report
 
 
-def converted_path(weight: dict) -> Path:
-    return cache_dir() / "converted" / f"{weight['name']}.safetensors"
+def converted_path(weight: WeightSpec) -> Path:
+    return cache_dir() / "converted" / f"{weight.name}.safetensors"
 
 
-def _check_converted(path: Path, weight: dict) -> None:
+def _check_converted(path: Path, weight: WeightSpec) -> None:
     """The converted file is intact, of this zoo layout version, and made from the file the manifest names."""
     from safetensors import safe_open
     pinned = path.with_name(path.name + ".sha256")
@@ -81,18 +67,21 @@ def _check_converted(path: Path, weight: dict) -> None:
         meta = f.metadata() or {}
     if meta.get("format") != FORMAT_TAG or meta.get("layout_version") != LAYOUT_VERSION:
         raise HashMismatchError(f"{path}: written by another zoo layout version ({meta.get('layout_version')})")
-    pin = pin_path(weight)
-    expected = weight.get("sha256") or weight.get("sha256_prefix") or (pin.read_text().strip() if pin.is_file()
-                                                                        else None)
-    if meta.get("weights") != weight["name"] or (expected and not meta.get("source_sha256", "").startswith(expected)):
-        raise HashMismatchError(f"{path}: converted from a file other than the manifest's {weight['filename']}")
+    expected = expected_sha256(weight)
+    if meta.get("weights") != weight.name or (expected and not meta.get("source_sha256", "").startswith(expected)):
+        raise HashMismatchError(f"{path}: converted from a file other than the manifest's {weight.filename}")
 
 
-def weight_file(weight: dict, *, mirror: str | None = None, offline: bool | None = None,
-                progress: bool = True) -> Path:
-    """A verified safetensors file of ``weight`` in the zoo's layout: cached, or fetched and converted once."""
-    if weight.get("format") == "safetensors" and weight.get("layout") == "native":
-        return fetch_weights(weight, mirror=mirror, offline=offline, progress=progress)
+def weight_file(weight: WeightSpec, *, layouts: Sequence[Layout], model_state: Callable[[], dict],
+                mirror: str | None = None, offline: bool | None = None, progress: bool = True,
+                option: str = "pretrained=") -> Path:
+    """A verified safetensors file of ``weight`` in the zoo's layout: cached, or fetched and converted once.
+
+    ``layouts``: the architecture's layouts (the weight's ``layout`` names one of them); ``model_state``: builds
+    the state dict the file must fill, called only when a conversion is needed.
+    """
+    if weight.format == "safetensors" and weight.layout == "native":
+        return fetch_weights(weight, mirror=mirror, offline=offline, progress=progress, option=option)
     target = converted_path(weight)
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
@@ -103,10 +92,10 @@ def weight_file(weight: dict, *, mirror: str | None = None, offline: bool | None
             except HashMismatchError as err:
                 warnings.warn(f"{err}; converting it again", stacklevel=2)
                 target.unlink()
-        source, digest = fetch_verified(weight, mirror=mirror, offline=offline, progress=progress)
-        convert_file(source, weight["architecture"], target, layout=weight["layout"],
-                     num_classes=weight["num_classes"],
-                     metadata={"weights": weight["name"], "source_file": weight["filename"], "source_sha256": digest})
+        source, digest = fetch_verified(weight, mirror=mirror, offline=offline, progress=progress, option=option)
+        chosen = [lay for lay in layouts if lay.name == weight.layout]
+        convert_file(source, target, layouts=chosen, model_state=model_state(), name=weight.architecture,
+                     metadata={"weights": weight.name, "source_file": weight.filename, "source_sha256": digest})
         target.with_name(target.name + ".sha256").write_text(sha256sum(target) + "\n")
         if source.parent == cache_dir() / "weights":  # ours to remove; a user's file stays where it is
             source.unlink()

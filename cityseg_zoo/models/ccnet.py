@@ -10,7 +10,8 @@ from ..ops.criss_cross import CrissCrossAttention
 from ..ops.norm import conv_bn_act
 from ..registry import register_model
 from ..segmentor import AuxHead, Segmentor
-from .common import FLAT_STEM_RULES, arch_cfg, deep_stem_resnet
+from ..specs import ArchSpec, Recipe
+from .common import FLAT_STEM_RULES, deep_stem_resnet
 
 
 class RCCAModule(nn.Module):
@@ -45,10 +46,13 @@ CCNET = Layout(
     description="speedinghzl/CCNet@7a76bff networks/ccnet.py::Res_Deeplab, flat stem, InPlaceABN (bare state dict)",
 )
 
-_CFG = arch_cfg(reference="speedinghzl/CCNet@7a76bff networks/ccnet.py::Res_Deeplab",
-                input=CAFFE_BGR, align_corners=True, head_stride=8,
-                eval_protocol="sliding 769, 1/3 overlap, single scale",
-                paper="Huang et al., CCNet: Criss-Cross Attention for Semantic Segmentation, ICCV 2019")
+SPEC = ArchSpec(reference="speedinghzl/CCNet@7a76bff networks/ccnet.py::Res_Deeplab",
+                paper="Huang et al., CCNet: Criss-Cross Attention for Semantic Segmentation, ICCV 2019",
+                input=CAFFE_BGR, classifiers=("head.bottleneck.3", "aux_head.3"), layouts=(CCNET,),
+                align_corners=True, head_stride=8,
+                recipe=Recipe(0.01, 1e-4, loss="ohem", crop=769, batch_size=8, iterations=60_000,
+                              source="speedinghzl/CCNet run_local.sh (models.md §5); CE for the R=1/R=2 weights, "
+                                     "OHEM for R=2+OHEM"))
 
 
 def _ccnet(depth: int, num_classes: int, recurrence: int = 2) -> Segmentor:
@@ -56,25 +60,25 @@ def _ccnet(depth: int, num_classes: int, recurrence: int = 2) -> Segmentor:
         raise ValueError(f"recurrence must be a positive int, got {recurrence!r}")
     backbone = deep_stem_resnet(depth, inplace_abn=True)
     return Segmentor(backbone, RCCAModule(2048, num_classes, recurrence=recurrence),
-                     aux_head=AuxHead(1024, 512, num_classes, act="abn", dropout=0.1), align_corners=True)
+                     aux_head=AuxHead(1024, 512, num_classes, act="abn", dropout=0.1))
 
 
-@register_model(cfg=_CFG, layouts=(CCNET,))
-def ccnet_r50(num_classes: int = 19, recurrence: int = 2, **kwargs) -> Segmentor:
+@register_model(SPEC)
+def ccnet_r50(num_classes: int = 19, recurrence: int = 2) -> Segmentor:
     """CCNet, dilated ResNet-50 (deep stem, OS8, InPlaceABN), criss-cross attention applied ``recurrence`` times.
 
     ``recurrence`` (R, default 2) is a property of the forward, not of the weights; it is kept as
     ``model.head.recurrence``. No released Cityscapes weights.
     """
-    return _ccnet(50, num_classes, recurrence, **kwargs)
+    return _ccnet(50, num_classes, recurrence)
 
 
-@register_model(cfg=_CFG, layouts=(CCNET,))
-def ccnet_r101(num_classes: int = 19, recurrence: int = 2, **kwargs) -> Segmentor:
+@register_model(SPEC)
+def ccnet_r101(num_classes: int = 19, recurrence: int = 2) -> Segmentor:
     """CCNet, dilated ResNet-101 (deep stem, OS8, InPlaceABN), criss-cross attention applied ``recurrence`` times.
 
     ``recurrence`` (R, default 2) is a property of the forward, not of the weights; it is kept as
     ``model.head.recurrence``. The released models use R = 2 (``ccnet_r101_cityscapes``, ``..._ohem_...``) and
     R = 1 (``ccnet_r101_r1_cityscapes``); the manifest passes the right R.
     """
-    return _ccnet(101, num_classes, recurrence, **kwargs)
+    return _ccnet(101, num_classes, recurrence)

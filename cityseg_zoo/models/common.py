@@ -1,8 +1,7 @@
-"""Pieces every model file shares: the reference backbones, their key rules, and the cfg record."""
+"""Pieces every model file shares: the reference backbones and their key rules."""
 from __future__ import annotations
 
 from ..backbones import dilated_resnet
-from ..data.normalization import Normalization
 from ..ops.norm import ABNIdentity
 
 # Backbone key rules of the reference checkpoints (models.md §0.1). The zoo keeps timm's names under `backbone.`.
@@ -26,10 +25,3 @@ def deep_stem_resnet(depth: int, multi_grid=(1, 1, 1), inplace_abn: bool = False
     kwargs = {"norm_layer": ABNIdentity} if inplace_abn else {}
     return dilated_resnet(DEPTHS[depth], layer3_dilations=2, layer4_dilations=[4 * g for g in multi_grid],
                           ceil_mode_pool=True, **kwargs)
-
-
-def arch_cfg(*, reference: str, input: Normalization, align_corners: bool = True, head_stride: int = 8,
-             eval_protocol: str = "", paper: str = "", **extra) -> dict:
-    """The architecture-level part of ``pretrained_cfg``: what the reference code does, recorded as data."""
-    return {"reference": reference, "paper": paper, "input": input.as_dict(), "align_corners": align_corners,
-            "head_stride": head_stride, "eval_protocol": eval_protocol, **extra}

@@ -11,7 +11,7 @@ from ..ops.attention import ChannelAttention, PositionAttention
 from ..ops.norm import conv_bn_act
 from ..registry import register_model
 from ..segmentor import Segmentor
-from .common import arch_cfg
+from ..specs import ArchSpec, Recipe
 
 
 def _classifier(in_ch: int, num_classes: int) -> nn.Sequential:
@@ -63,10 +63,12 @@ DANET = Layout(
     description="junfu1115/DANet@v0.5.0 encoding/models/danet.py ({'state_dict': ...}, no prefix)",
 )
 
-_CFG = arch_cfg(reference="junfu1115/DANet@v0.5.0 encoding/models/danet.py",
-                input=IMAGENET_RGB, align_corners=True, head_stride=8,
-                eval_protocol="sliding crop 768 stride 2/3 crop on base size 2048, flip, single scale",
-                paper="Fu et al., Dual Attention Network for Scene Segmentation, CVPR 2019")
+SPEC = ArchSpec(reference="junfu1115/DANet@v0.5.0 encoding/models/danet.py",
+                paper="Fu et al., Dual Attention Network for Scene Segmentation, CVPR 2019",
+                input=IMAGENET_RGB, classifiers=("head.conv6.1", "head.conv7.1", "head.conv8.1"), layouts=(DANET,),
+                align_corners=True, head_stride=8,
+                recipe=Recipe(0.003, 1e-4, head_lr_mult=10.0, crop=768, batch_size=8,
+                              source="junfu1115/DANet (models.md §4): 240 epochs, head at 10x lr"))
 
 # Encoding's dilated ResNet: 7x7 stem, max-pool ceil_mode off, layer3 block 0 at dilation 1 then 2,
 # layer4 multi-grid 4/8/16 (`--multi-grid --multi-dilation 4 8 16`).
@@ -76,24 +78,24 @@ _LAYER3_BLOCKS = {50: 6, 101: 23}
 def _danet(depth: int, num_classes: int) -> Segmentor:
     backbone = dilated_resnet(f"resnet{depth}", [1] + [2] * (_LAYER3_BLOCKS[depth] - 1), (4, 8, 16),
                               ceil_mode_pool=False)
-    return Segmentor(backbone, DANetHead(2048, num_classes), aux_head=None, align_corners=True)
+    return Segmentor(backbone, DANetHead(2048, num_classes), aux_head=None)
 
 
-@register_model(cfg=_CFG, layouts=(DANET,))
-def danet_r50(num_classes: int = 19, **kwargs) -> Segmentor:
+@register_model(SPEC)
+def danet_r50(num_classes: int = 19) -> Segmentor:
     """DANet, dilated ResNet-50 (7x7 stem, OS8, layer4 dilations 4/8/16). No released Cityscapes weights.
 
     Position attention materialises the (H/8·W/8)² matrix only up to 4096 positions; larger inputs use an
     exact query-chunked computation (``cityseg_zoo.ops.attention``).
     """
-    return _danet(50, num_classes, **kwargs)
+    return _danet(50, num_classes)
 
 
-@register_model(cfg=_CFG, layouts=(DANET,))
-def danet_r101(num_classes: int = 19, **kwargs) -> Segmentor:
+@register_model(SPEC)
+def danet_r101(num_classes: int = 19) -> Segmentor:
     """DANet, dilated ResNet-101 (7x7 stem, OS8, layer4 dilations 4/8/16); weights: DANet101.pth.tar.
 
     Position attention materialises the (H/8·W/8)² matrix only up to 4096 positions; larger inputs use an
     exact query-chunked computation (``cityseg_zoo.ops.attention``).
     """
-    return _danet(101, num_classes, **kwargs)
+    return _danet(101, num_classes)

@@ -14,7 +14,8 @@ from ..ops.aspp import ASPP
 from ..ops.norm import conv_bn_act
 from ..registry import register_model
 from ..segmentor import AuxHead, Segmentor
-from .common import FLAT_STEM_RULES, arch_cfg, deep_stem_resnet
+from ..specs import ArchSpec
+from .common import FLAT_STEM_RULES, deep_stem_resnet
 
 
 class DeepLabV3Head(nn.Module):
@@ -48,10 +49,10 @@ CCNET_REPO_DEEPLABV3 = Layout(
     description="speedinghzl/CCNet@7a76bff networks/deeplabv3.py (bare state dict, flat stem, InPlaceABN)",
 )
 
-_CFG = arch_cfg(reference="speedinghzl/CCNet@7a76bff networks/deeplabv3.py::Res_Deeplab",
-                input=CAFFE_BGR, eval_protocol="sliding window 769, 1/3 overlap, single scale",
+SPEC = ArchSpec(reference="speedinghzl/CCNet@7a76bff networks/deeplabv3.py::Res_Deeplab",
                 paper="Chen et al., Rethinking Atrous Convolution for Semantic Image Segmentation, "
-                      "arXiv 1706.05587 (2017)")
+                      "arXiv 1706.05587 (2017)",
+                input=CAFFE_BGR, classifiers=("head.classifier", "aux_head.3"), layouts=(CCNET_REPO_DEEPLABV3,))
 
 
 def _deeplabv3(depth: int, num_classes: int) -> Segmentor:
@@ -59,13 +60,13 @@ def _deeplabv3(depth: int, num_classes: int) -> Segmentor:
     return Segmentor(backbone, DeepLabV3Head(2048, num_classes), aux_head=AuxHead(1024, 512, num_classes, act="abn"))
 
 
-@register_model(cfg=_CFG, layouts=(CCNET_REPO_DEEPLABV3,))
-def deeplabv3_r50(num_classes: int = 19, **kwargs) -> Segmentor:
+@register_model(SPEC)
+def deeplabv3_r50(num_classes: int = 19) -> Segmentor:
     """DeepLabv3, dilated ResNet-50 (deep stem, OS8, InPlaceABN), CCNet-repo variant. No released weights."""
-    return _deeplabv3(50, num_classes, **kwargs)
+    return _deeplabv3(50, num_classes)
 
 
-@register_model(cfg=_CFG, layouts=(CCNET_REPO_DEEPLABV3,))
-def deeplabv3_r101(num_classes: int = 19, **kwargs) -> Segmentor:
+@register_model(SPEC)
+def deeplabv3_r101(num_classes: int = 19) -> Segmentor:
     """DeepLabv3, dilated ResNet-101 (deep stem, OS8, InPlaceABN), CCNet-repo variant. No released weights."""
-    return _deeplabv3(101, num_classes, **kwargs)
+    return _deeplabv3(101, num_classes)

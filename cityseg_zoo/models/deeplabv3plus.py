@@ -18,7 +18,7 @@ from ..ops.norm import conv_bn_act
 from ..ops.resize import resize
 from ..registry import register_model
 from ..segmentor import Segmentor
-from .common import arch_cfg
+from ..specs import ArchSpec, Recipe
 
 # NVIDIA-style `_AtrousSpatialPyramidPoolingModule` (DecoupleSegNets) onto the zoo ASPP: `img_conv` is the image
 # pooling branch (conv, BN), `features.0..3` the 1x1 and dilated branches.
@@ -64,10 +64,13 @@ DECOUPLESEGNETS_DLV3PLUS = Layout(
     description="lxtGH/DecoupleSegNets@bedb8e5 network/deepv3.py::DeepV3Plus (NVIDIA container, module. prefix)",
 )
 
-_CFG = arch_cfg(reference="lxtGH/DecoupleSegNets@bedb8e5 network/deepv3.py::DeepR101V3PlusD_m1_deeply",
-                input=IMAGENET_RGB, head_stride=4,
-                eval_protocol="sliding 832, 1/3 overlap, flip, single scale (eval script --scales 1.0)",
-                paper="Chen et al., Encoder-Decoder with Atrous Separable Convolution (DeepLabv3+), ECCV 2018")
+SPEC = ArchSpec(reference="lxtGH/DecoupleSegNets@bedb8e5 network/deepv3.py::DeepR101V3PlusD_m1_deeply",
+                paper="Chen et al., Encoder-Decoder with Atrous Separable Convolution (DeepLabv3+), ECCV 2018",
+                input=IMAGENET_RGB, classifiers=("head.final.6",), layouts=(DECOUPLESEGNETS_DLV3PLUS,),
+                head_stride=4,
+                recipe=Recipe(0.01, 1e-4, power=1.0, loss="ohem", crop=832, batch_size=8, scale_range=(0.5, 2.0),
+                              source="DecoupleSegNets train_cityscapes_ResNet50_deeplab.sh (models.md §9): 80 epochs; "
+                                     "weight decay not recorded in models.md, 1e-4 assumed"))
 
 _VARIANTS = {50: "resnet50s", 101: "resnet101s"}
 
@@ -78,13 +81,13 @@ def _deeplabv3plus(depth: int, num_classes: int) -> Segmentor:
     return Segmentor(backbone, DeepLabV3PlusHead(num_classes), aux_head=None)
 
 
-@register_model(cfg=_CFG, layouts=(DECOUPLESEGNETS_DLV3PLUS,))
-def deeplabv3plus_r50(num_classes: int = 19, **kwargs) -> Segmentor:
+@register_model(SPEC)
+def deeplabv3plus_r50(num_classes: int = 19) -> Segmentor:
     """DeepLabv3+, dilated ResNet-50 (deep stem, OS8), DecoupleSegNets variant. No weights in the manifest."""
-    return _deeplabv3plus(50, num_classes, **kwargs)
+    return _deeplabv3plus(50, num_classes)
 
 
-@register_model(cfg=_CFG, layouts=(DECOUPLESEGNETS_DLV3PLUS,))
-def deeplabv3plus_r101(num_classes: int = 19, **kwargs) -> Segmentor:
+@register_model(SPEC)
+def deeplabv3plus_r101(num_classes: int = 19) -> Segmentor:
     """DeepLabv3+, dilated ResNet-101 (deep stem, OS8), DecoupleSegNets variant. No weights in the manifest."""
-    return _deeplabv3plus(101, num_classes, **kwargs)
+    return _deeplabv3plus(101, num_classes)

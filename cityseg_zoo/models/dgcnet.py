@@ -10,7 +10,8 @@ from ..ops.gcn import DualGCN
 from ..ops.norm import conv_bn_act
 from ..registry import register_model
 from ..segmentor import AuxHead, Segmentor
-from .common import SEQUENTIAL_STEM_RULES, arch_cfg, deep_stem_resnet
+from ..specs import ArchSpec, Recipe
+from .common import SEQUENTIAL_STEM_RULES, deep_stem_resnet
 
 
 class DualGCNHead(nn.Module):
@@ -37,27 +38,29 @@ LXTGH = Layout(
     description="lxtGH/GALD-DGCNet@be7ebfe libs/models/DualGCNNet.py (released r50/r101 weights), bare state dict",
 )
 
-_CFG = arch_cfg(reference="lxtGH/GALD-DGCNet@be7ebfe libs/models/DualGCNNet.py::DualSeg_res101",
-                input=IMAGENET_RGB, align_corners=True, head_stride=8,
-                eval_protocol="sliding window 832, 1/3 overlap, single scale; tile logits upsampled with "
-                              "align_corners=True",
-                paper="Zhang et al., Dual Graph Convolutional Network for Semantic Segmentation, BMVC 2019 (DGCNet)")
+SPEC = ArchSpec(reference="lxtGH/GALD-DGCNet@be7ebfe libs/models/DualGCNNet.py::DualSeg_res101",
+                paper="Zhang et al., Dual Graph Convolutional Network for Semantic Segmentation, BMVC 2019 (DGCNet)",
+                input=IMAGENET_RGB, classifiers=("head.bottleneck.3", "aux_head.3"), layouts=(LXTGH,),
+                align_corners=True, head_stride=8,
+                recipe=Recipe(0.01, 5e-4, loss="ohem", crop=832, batch_size=8, iterations=60_000,
+                              source="lxtGH/GALD-DGCNet exp/train_dualseg_r_101_city_finetrain.sh (models.md §2); "
+                                     "r50: 50k"))
 
 
 def _dgcnet(depth: int, num_classes: int) -> Segmentor:
     backbone = deep_stem_resnet(depth, multi_grid=(1, 2, 4))
     # The reference dsn has no ReLU: conv3x3 (bias) -> BN -> Dropout2d -> conv1x1 (keys 0, 1, 3).
     return Segmentor(backbone, DualGCNHead(2048, num_classes),
-                     aux_head=AuxHead(1024, 512, num_classes, act="none", dropout=0.1), align_corners=True)
+                     aux_head=AuxHead(1024, 512, num_classes, act="none", dropout=0.1))
 
 
-@register_model(cfg=_CFG, layouts=(LXTGH,))
-def dgcnet_r50(num_classes: int = 19, **kwargs) -> Segmentor:
+@register_model(SPEC)
+def dgcnet_r50(num_classes: int = 19) -> Segmentor:
     """DGCNet (Dual-GCN), dilated ResNet-50 (deep stem, OS8, layer4 dilations 4/8/16); Cityscapes weights released."""
-    return _dgcnet(50, num_classes, **kwargs)
+    return _dgcnet(50, num_classes)
 
 
-@register_model(cfg=_CFG, layouts=(LXTGH,))
-def dgcnet_r101(num_classes: int = 19, **kwargs) -> Segmentor:
+@register_model(SPEC)
+def dgcnet_r101(num_classes: int = 19) -> Segmentor:
     """DGCNet (Dual-GCN), dilated ResNet-101 (deep stem, OS8, layer4 dilations 4/8/16); Cityscapes weights released."""
-    return _dgcnet(101, num_classes, **kwargs)
+    return _dgcnet(101, num_classes)

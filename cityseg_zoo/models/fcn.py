@@ -9,7 +9,8 @@ from ..hub.convert import Layout
 from ..ops.norm import conv_bn_act
 from ..registry import register_model
 from ..segmentor import Segmentor
-from .common import FLAT_STEM_RULES, arch_cfg, deep_stem_resnet
+from ..specs import ArchSpec
+from .common import FLAT_STEM_RULES, deep_stem_resnet
 
 
 class FCNHead(nn.Module):
@@ -31,9 +32,9 @@ OCNET_BASELINE = Layout(
     description="openseg-group/OCNet.pytorch@679a45b network/resnet101_baseline.py (bare state dict)",
 )
 
-_CFG = arch_cfg(reference="openseg-group/OCNet.pytorch@679a45b network/resnet101_baseline.py",
-                input=OCNET_RGB, eval_protocol="whole image, single scale",
-                paper="Long et al., Fully Convolutional Networks, CVPR 2015 (dilated baseline of OCNet)")
+SPEC = ArchSpec(reference="openseg-group/OCNet.pytorch@679a45b network/resnet101_baseline.py",
+                paper="Long et al., Fully Convolutional Networks, CVPR 2015 (dilated baseline of OCNet)",
+                input=OCNET_RGB, classifiers=("head.classifier",), layouts=(OCNET_BASELINE,))
 
 
 def _fcn(depth: int, num_classes: int) -> Segmentor:
@@ -41,13 +42,13 @@ def _fcn(depth: int, num_classes: int) -> Segmentor:
     return Segmentor(backbone, FCNHead(2048, num_classes), aux_head=None)
 
 
-@register_model(cfg=_CFG, layouts=(OCNET_BASELINE,))
-def fcn_r50(num_classes: int = 19, **kwargs) -> Segmentor:
+@register_model(SPEC)
+def fcn_r50(num_classes: int = 19) -> Segmentor:
     """FCN baseline, dilated ResNet-50 (deep stem, OS8). No released Cityscapes weights."""
-    return _fcn(50, num_classes, **kwargs)
+    return _fcn(50, num_classes)
 
 
-@register_model(cfg=_CFG, layouts=(OCNET_BASELINE,))
-def fcn_r101(num_classes: int = 19, **kwargs) -> Segmentor:
+@register_model(SPEC)
+def fcn_r101(num_classes: int = 19) -> Segmentor:
     """FCN baseline, dilated ResNet-101 (deep stem, OS8). No released Cityscapes weights."""
-    return _fcn(101, num_classes, **kwargs)
+    return _fcn(101, num_classes)

@@ -10,7 +10,8 @@ from ..ops.gald import GALDBlock
 from ..ops.norm import conv_bn_act
 from ..registry import register_model
 from ..segmentor import AuxHead, Segmentor
-from .common import FLAT_STEM_RULES, SEQUENTIAL_STEM_RULES, arch_cfg, deep_stem_resnet
+from ..specs import ArchSpec, Recipe
+from .common import FLAT_STEM_RULES, SEQUENTIAL_STEM_RULES, deep_stem_resnet
 
 
 class GALDHead(nn.Module):
@@ -43,43 +44,43 @@ LXTGH_V2019 = Layout(
     description="lxtGH/GALD-DGCNet@d9a7e22 libs/models/GALDNet.py, flat stem (2019-12 .. 2020-08), bare state dict",
 )
 
-_CFG = arch_cfg(reference="lxtGH/GALD-DGCNet@be7ebfe libs/models/GALDNet.py::GALD_res101",
-                input=CAFFE_BGR, align_corners=True, head_stride=8,
-                eval_protocol="sliding window 832, 1/3 overlap, single scale; tile logits upsampled with "
-                              "align_corners=True",
-                paper="Li et al., Global Aggregation then Local Distribution in Fully Convolutional Networks, "
-                      "BMVC 2019 (GALD-Net)")
-
 # Smallest input side: the local attention's three unpadded stride-2 convs need >= 15 px at 1/8 (15 -> 7 -> 3 -> 1).
 # An input side n becomes s = ceil(n / 2) after the stem, ceil((s - 1) / 2) + 1 after the ceil-mode max-pool
 # (3, 2, 1), and half that (rounded up) after layer2: 111 -> 56 -> 29 -> 15, while 110 -> 55 -> 28 -> 14.
 MIN_INPUT_SIZE = 111
 
+SPEC = ArchSpec(reference="lxtGH/GALD-DGCNet@be7ebfe libs/models/GALDNet.py::GALD_res101",
+                paper="Li et al., Global Aggregation then Local Distribution in Fully Convolutional Networks, "
+                      "BMVC 2019 (GALD-Net)",
+                input=CAFFE_BGR, classifiers=("head.bottleneck.3", "aux_head.4"), layouts=(LXTGH, LXTGH_V2019),
+                align_corners=True, head_stride=8, min_input_size=MIN_INPUT_SIZE,
+                recipe=Recipe(0.01, 5e-4, loss="ohem", crop=769, batch_size=8, iterations=50_000,
+                              scale_range=(0.7, 2.1), source="lxtGH/GALD-DGCNet train scripts (models.md §1)"))
+
 
 def _galdnet(depth: int, num_classes: int) -> Segmentor:
     backbone = deep_stem_resnet(depth, multi_grid=(1, 2, 4))
     return Segmentor(backbone, GALDHead(2048, num_classes),
-                     aux_head=AuxHead(1024, 512, num_classes, act="relu", dropout=0.1),
-                     align_corners=True, min_input_size=MIN_INPUT_SIZE)
+                     aux_head=AuxHead(1024, 512, num_classes, act="relu", dropout=0.1))
 
 
-@register_model(cfg=_CFG, layouts=(LXTGH, LXTGH_V2019))
-def galdnet_r50(num_classes: int = 19, **kwargs) -> Segmentor:
+@register_model(SPEC)
+def galdnet_r50(num_classes: int = 19) -> Segmentor:
     """GALD-Net, dilated ResNet-50 (deep stem, OS8, layer4 dilations 4/8/16). Inputs need H, W >= 111 px.
 
     The local-distribution branch shrinks the 1/8 map with three unpadded stride-2 convs, so the 1/8 map must be
     at least 15 px: 111 px is the smallest input side (110 gives 14 at 1/8). Smaller inputs raise InputError.
     No released Cityscapes weights.
     """
-    return _galdnet(50, num_classes, **kwargs)
+    return _galdnet(50, num_classes)
 
 
-@register_model(cfg=_CFG, layouts=(LXTGH, LXTGH_V2019))
-def galdnet_r101(num_classes: int = 19, **kwargs) -> Segmentor:
+@register_model(SPEC)
+def galdnet_r101(num_classes: int = 19) -> Segmentor:
     """GALD-Net, dilated ResNet-101 (deep stem, OS8, layer4 dilations 4/8/16). Inputs need H, W >= 111 px.
 
     The local-distribution branch shrinks the 1/8 map with three unpadded stride-2 convs, so the 1/8 map must be
     at least 15 px: 111 px is the smallest input side (110 gives 14 at 1/8). Smaller inputs raise InputError.
     No released Cityscapes weights.
     """
-    return _galdnet(101, num_classes, **kwargs)
+    return _galdnet(101, num_classes)

@@ -29,7 +29,8 @@ from ..ops.ppm import PyramidPooling
 from ..ops.resize import resize
 from ..registry import register_model
 from ..segmentor import AuxHead, Segmentor
-from .common import arch_cfg, deep_stem_resnet
+from ..specs import ArchSpec
+from .common import deep_stem_resnet
 from .deeplabv3plus import NVIDIA_ASPP_RULES, decoder_convs
 
 
@@ -98,14 +99,14 @@ DECOUPLESEGNETS_GFF = Layout(
 
 _PAPER = "Li et al., Gated Fully Fusion for Semantic Segmentation, AAAI 2020 (arXiv 1904.01803)"
 
-_WRN38_CFG = arch_cfg(reference="lxtGH/DecoupleSegNets@bedb8e5 network/gffnets.py::DeepWV3PlusGFFNet",
-                      input=IMAGENET_RGB, head_stride=2,
-                      eval_protocol="sliding 832, 1/3 overlap, flip, scales 0.5-2.0", paper=_PAPER)
+WRN38_SPEC = ArchSpec(reference="lxtGH/DecoupleSegNets@bedb8e5 network/gffnets.py::DeepWV3PlusGFFNet",
+                      paper=_PAPER, input=IMAGENET_RGB, classifiers=("head.cls.6",),
+                      layouts=(DECOUPLESEGNETS_GFF,), head_stride=2)
 
-_RESNET_CFG = arch_cfg(reference="none: rebuilt from the paper (arXiv 1904.01803); no reference code or weights "
+# No layouts: nothing was released to be compatible with.
+RESNET_SPEC = ArchSpec(reference="none: rebuilt from the paper (arXiv 1904.01803); no reference code or weights "
                                  "were released for the ResNet GFF-Net",
-                       input=IMAGENET_RGB, head_stride=4, eval_protocol="", paper=_PAPER,
-                       checkpoint_compatible=False)
+                       paper=_PAPER, input=IMAGENET_RGB, classifiers=("head.cls.6", "aux_head.4"), head_stride=4)
 
 
 def _gffnet_wrn38(num_classes: int) -> Segmentor:
@@ -114,15 +115,15 @@ def _gffnet_wrn38(num_classes: int) -> Segmentor:
     return Segmentor(wider_resnet38_a2(), head, aux_head=None)
 
 
-@register_model(cfg=_WRN38_CFG, layouts=(DECOUPLESEGNETS_GFF,))
-def gffnet_wrn38(num_classes: int = 19, **kwargs) -> Segmentor:
+@register_model(WRN38_SPEC)
+def gffnet_wrn38(num_classes: int = 19) -> Segmentor:
     """GFF-Net, WideResNet-38 (OS8) + ASPP + GFF + DFP: the released DecoupleSegNets model ("GFFNet_Best").
 
     GFF fuses m2 (mod2, 128 ch, stride 2), m5 (mod5, 1024 ch, stride 8) and the ASPP output (256 ch), each gated
     and reduced to 128 channels; the classifier runs at stride 2. No auxiliary head. ``pretrained_backbone=True``
     is refused (timm has no WiderResNet-38 ImageNet weights).
     """
-    return _gffnet_wrn38(num_classes, **kwargs)
+    return _gffnet_wrn38(num_classes)
 
 
 def _gffnet_resnet(depth: int, num_classes: int) -> Segmentor:
@@ -153,14 +154,14 @@ _RESNET_DOC = """
     """
 
 
-@register_model(cfg=_RESNET_CFG)
-def gffnet_r50(num_classes: int = 19, **kwargs) -> Segmentor:
-    return _gffnet_resnet(50, num_classes, **kwargs)
+@register_model(RESNET_SPEC)
+def gffnet_r50(num_classes: int = 19) -> Segmentor:
+    return _gffnet_resnet(50, num_classes)
 
 
-@register_model(cfg=_RESNET_CFG)
-def gffnet_r101(num_classes: int = 19, **kwargs) -> Segmentor:
-    return _gffnet_resnet(101, num_classes, **kwargs)
+@register_model(RESNET_SPEC)
+def gffnet_r101(num_classes: int = 19) -> Segmentor:
+    return _gffnet_resnet(101, num_classes)
 
 
 gffnet_r50.__doc__ = "GFF-Net, dilated ResNet-50 + PPM + GFF + DFP, built from the paper (no code, no weights)." \

@@ -29,7 +29,7 @@ from ..ops.criss_cross import criss_cross_attention
 from ..ops.resize import resize
 from ..registry import register_model
 from ..segmentor import Segmentor
-from .common import arch_cfg
+from ..specs import ArchSpec
 
 ALIGN_CORNERS = False  # every mmseg 512x1024 Cityscapes config
 
@@ -326,16 +326,15 @@ _PAPERS = {
 }
 _HEAD_FILES = {"fcn": "fcn_head.py", "pspnet": "psp_head.py", "deeplabv3": "aspp_head.py",
                "deeplabv3plus": "sep_aspp_head.py", "danet": "da_head.py", "ccnet": "cc_head.py"}
-_EVAL = ("whole image at 1024x2048 (test pipeline Resize scale=(2048, 1024), keep_ratio=True: identity on "
-         "Cityscapes), single scale, no flip, bilinear align_corners=False")
 
 
-def _cfg(method: str) -> dict:
-    return arch_cfg(
+def _spec(method: str, layout: Layout = MMSEG, classifiers: tuple[str, ...] = ()) -> ArchSpec:
+    return ArchSpec(
         reference=(f"open-mmlab/mmsegmentation 1.x configs/{method}/{method}_r{{50,101}}-d8_4xb2-80k_cityscapes-"
                    f"512x1024.py; mmseg/models/decode_heads/{_HEAD_FILES[method]}"),
-        input=MMSEG_RGB, align_corners=ALIGN_CORNERS, head_stride=8, eval_protocol=_EVAL,
-        paper=f"{_PAPERS[method]} (mmsegmentation implementation)", family="mmseg")
+        paper=f"{_PAPERS[method]} (mmsegmentation implementation)", input=MMSEG_RGB,
+        classifiers=("head.conv_seg", *classifiers, "aux_head.conv_seg"), layouts=(layout,),
+        align_corners=ALIGN_CORNERS, head_stride=8, family="mmseg")
 
 
 def resnet_v1c(depth: int):
@@ -347,83 +346,82 @@ def resnet_v1c(depth: int):
 
 def _mmseg(depth: int, head: nn.Module, num_classes: int) -> Segmentor:
     aux = FCNHead(1024, 256, num_classes, num_convs=1, concat_input=False, in_index=2)
-    return Segmentor(resnet_v1c(depth), head, aux_head=aux, aux_index=2,
-                     align_corners=ALIGN_CORNERS)
+    return Segmentor(resnet_v1c(depth), head, aux_head=aux, aux_index=2)
 
 
-@register_model(cfg=_cfg("fcn"), layouts=(MMSEG,))
-def mmseg_fcn_r50(num_classes: int = 19, **kwargs) -> Segmentor:
+@register_model(_spec("fcn"))
+def mmseg_fcn_r50(num_classes: int = 19) -> Segmentor:
     """FCN (mmseg FCNHead, 2 convs + concat), ResNetV1c-50-D8; weights: mmseg 512x1024 80k Cityscapes."""
-    return _mmseg(50, FCNHead(2048, 512, num_classes), num_classes, **kwargs)
+    return _mmseg(50, FCNHead(2048, 512, num_classes), num_classes)
 
 
-@register_model(cfg=_cfg("fcn"), layouts=(MMSEG,))
-def mmseg_fcn_r101(num_classes: int = 19, **kwargs) -> Segmentor:
+@register_model(_spec("fcn"))
+def mmseg_fcn_r101(num_classes: int = 19) -> Segmentor:
     """FCN (mmseg FCNHead, 2 convs + concat), ResNetV1c-101-D8; weights: mmseg 512x1024 80k Cityscapes."""
-    return _mmseg(101, FCNHead(2048, 512, num_classes), num_classes, **kwargs)
+    return _mmseg(101, FCNHead(2048, 512, num_classes), num_classes)
 
 
-@register_model(cfg=_cfg("pspnet"), layouts=(MMSEG,))
-def mmseg_pspnet_r50(num_classes: int = 19, **kwargs) -> Segmentor:
+@register_model(_spec("pspnet"))
+def mmseg_pspnet_r50(num_classes: int = 19) -> Segmentor:
     """PSPNet (mmseg PSPHead, pool scales 1/2/3/6), ResNetV1c-50-D8; weights: mmseg 512x1024 80k Cityscapes."""
-    return _mmseg(50, PSPHead(2048, 512, num_classes), num_classes, **kwargs)
+    return _mmseg(50, PSPHead(2048, 512, num_classes), num_classes)
 
 
-@register_model(cfg=_cfg("pspnet"), layouts=(MMSEG,))
-def mmseg_pspnet_r101(num_classes: int = 19, **kwargs) -> Segmentor:
+@register_model(_spec("pspnet"))
+def mmseg_pspnet_r101(num_classes: int = 19) -> Segmentor:
     """PSPNet (mmseg PSPHead, pool scales 1/2/3/6), ResNetV1c-101-D8; weights: mmseg 512x1024 80k Cityscapes."""
-    return _mmseg(101, PSPHead(2048, 512, num_classes), num_classes, **kwargs)
+    return _mmseg(101, PSPHead(2048, 512, num_classes), num_classes)
 
 
-@register_model(cfg=_cfg("deeplabv3"), layouts=(MMSEG_ASPP,))
-def mmseg_deeplabv3_r50(num_classes: int = 19, **kwargs) -> Segmentor:
+@register_model(_spec("deeplabv3", MMSEG_ASPP))
+def mmseg_deeplabv3_r50(num_classes: int = 19) -> Segmentor:
     """DeepLabv3 (mmseg ASPPHead, dilations 12/24/36), ResNetV1c-50-D8; weights: mmseg 512x1024 80k Cityscapes."""
-    return _mmseg(50, ASPPHead(2048, 512, num_classes), num_classes, **kwargs)
+    return _mmseg(50, ASPPHead(2048, 512, num_classes), num_classes)
 
 
-@register_model(cfg=_cfg("deeplabv3"), layouts=(MMSEG_ASPP,))
-def mmseg_deeplabv3_r101(num_classes: int = 19, **kwargs) -> Segmentor:
+@register_model(_spec("deeplabv3", MMSEG_ASPP))
+def mmseg_deeplabv3_r101(num_classes: int = 19) -> Segmentor:
     """DeepLabv3 (mmseg ASPPHead, dilations 12/24/36), ResNetV1c-101-D8; weights: mmseg 512x1024 80k Cityscapes."""
-    return _mmseg(101, ASPPHead(2048, 512, num_classes), num_classes, **kwargs)
+    return _mmseg(101, ASPPHead(2048, 512, num_classes), num_classes)
 
 
-@register_model(cfg=_cfg("deeplabv3plus"), layouts=(MMSEG,))
-def mmseg_deeplabv3plus_r50(num_classes: int = 19, **kwargs) -> Segmentor:
+@register_model(_spec("deeplabv3plus"))
+def mmseg_deeplabv3plus_r50(num_classes: int = 19) -> Segmentor:
     """DeepLabv3+ (mmseg DepthwiseSeparableASPPHead, layer1 decoder), ResNetV1c-50-D8; mmseg 512x1024 80k."""
-    return _mmseg(50, DepthwiseSeparableASPPHead(2048, 512, num_classes), num_classes, **kwargs)
+    return _mmseg(50, DepthwiseSeparableASPPHead(2048, 512, num_classes), num_classes)
 
 
-@register_model(cfg=_cfg("deeplabv3plus"), layouts=(MMSEG,))
-def mmseg_deeplabv3plus_r101(num_classes: int = 19, **kwargs) -> Segmentor:
+@register_model(_spec("deeplabv3plus"))
+def mmseg_deeplabv3plus_r101(num_classes: int = 19) -> Segmentor:
     """DeepLabv3+ (mmseg DepthwiseSeparableASPPHead, layer1 decoder), ResNetV1c-101-D8; mmseg 512x1024 80k."""
-    return _mmseg(101, DepthwiseSeparableASPPHead(2048, 512, num_classes), num_classes, **kwargs)
+    return _mmseg(101, DepthwiseSeparableASPPHead(2048, 512, num_classes), num_classes)
 
 
-@register_model(cfg=_cfg("danet"), layouts=(MMSEG,))
-def mmseg_danet_r50(num_classes: int = 19, **kwargs) -> Segmentor:
+@register_model(_spec("danet", classifiers=("head.pam_conv_seg", "head.cam_conv_seg")))
+def mmseg_danet_r50(num_classes: int = 19) -> Segmentor:
     """DANet (mmseg DAHead, PAM 64 channels), ResNetV1c-50-D8; weights: mmseg 512x1024 80k Cityscapes.
 
     Position attention is exact but chunked above 4096 positions (``cityseg_zoo.ops.attention``).
     """
-    return _mmseg(50, DAHead(2048, 512, num_classes), num_classes, **kwargs)
+    return _mmseg(50, DAHead(2048, 512, num_classes), num_classes)
 
 
-@register_model(cfg=_cfg("danet"), layouts=(MMSEG,))
-def mmseg_danet_r101(num_classes: int = 19, **kwargs) -> Segmentor:
+@register_model(_spec("danet", classifiers=("head.pam_conv_seg", "head.cam_conv_seg")))
+def mmseg_danet_r101(num_classes: int = 19) -> Segmentor:
     """DANet (mmseg DAHead, PAM 64 channels), ResNetV1c-101-D8; weights: mmseg 512x1024 80k Cityscapes.
 
     Position attention is exact but chunked above 4096 positions (``cityseg_zoo.ops.attention``).
     """
-    return _mmseg(101, DAHead(2048, 512, num_classes), num_classes, **kwargs)
+    return _mmseg(101, DAHead(2048, 512, num_classes), num_classes)
 
 
-@register_model(cfg=_cfg("ccnet"), layouts=(MMSEG,))
-def mmseg_ccnet_r50(num_classes: int = 19, recurrence: int = 2, **kwargs) -> Segmentor:
+@register_model(_spec("ccnet"))
+def mmseg_ccnet_r50(num_classes: int = 19, recurrence: int = 2) -> Segmentor:
     """CCNet (mmseg CCHead, recurrence 2), ResNetV1c-50-D8; weights: mmseg 512x1024 80k Cityscapes."""
-    return _mmseg(50, CCHead(2048, 512, num_classes, recurrence), num_classes, **kwargs)
+    return _mmseg(50, CCHead(2048, 512, num_classes, recurrence), num_classes)
 
 
-@register_model(cfg=_cfg("ccnet"), layouts=(MMSEG,))
-def mmseg_ccnet_r101(num_classes: int = 19, recurrence: int = 2, **kwargs) -> Segmentor:
+@register_model(_spec("ccnet"))
+def mmseg_ccnet_r101(num_classes: int = 19, recurrence: int = 2) -> Segmentor:
     """CCNet (mmseg CCHead, recurrence 2), ResNetV1c-101-D8; weights: mmseg 512x1024 80k Cityscapes."""
-    return _mmseg(101, CCHead(2048, 512, num_classes, recurrence), num_classes, **kwargs)
+    return _mmseg(101, CCHead(2048, 512, num_classes, recurrence), num_classes)

@@ -15,7 +15,8 @@ from ..ops.norm import conv_bn_act
 from ..ops.object_context import ASPOC, BaseOC
 from ..registry import register_model
 from ..segmentor import AuxHead, Segmentor
-from .common import FLAT_STEM_RULES, arch_cfg, deep_stem_resnet
+from ..specs import ArchSpec, Recipe
+from .common import FLAT_STEM_RULES, deep_stem_resnet
 
 
 class OCHead(nn.Module):
@@ -38,45 +39,48 @@ OCNET = Layout(
     description="openseg-group/OCNet.pytorch@679a45b network/resnet101_{base,asp}_oc.py (bare state dict)",
 )
 
-_PAPER = "Yuan & Wang, OCNet: Object Context Network for Scene Parsing, arXiv 1809.00916 (2018)"
-_BASE_CFG = arch_cfg(reference="openseg-group/OCNet.pytorch@679a45b network/resnet101_base_oc.py",
-                     input=OCNET_RGB, eval_protocol="whole image, single scale", paper=_PAPER)
-_ASP_CFG = arch_cfg(reference="openseg-group/OCNet.pytorch@679a45b network/resnet101_asp_oc.py",
-                    input=OCNET_RGB, eval_protocol="whole image, single scale", paper=_PAPER)
-
 # ASP-OC max-pools the 1/8 map by 2 before attention, so that map needs sides >= 2: input sides >= 7.
 ASP_OC_MIN_INPUT_SIZE = 7
+
+_RECIPE = Recipe(0.01, 5e-4, crop=769, batch_size=8, iterations=40_000,
+                 source="openseg-group/OCNet.pytorch (models.md §6); class-balanced CE in the original")
+BASE_OC_SPEC = ArchSpec(reference="openseg-group/OCNet.pytorch@679a45b network/resnet101_base_oc.py",
+                        paper="Yuan & Wang, OCNet: Object Context Network for Scene Parsing, arXiv 1809.00916 (2018)",
+                        input=OCNET_RGB, classifiers=("head.cls", "aux_head.3"), layouts=(OCNET,), recipe=_RECIPE)
+ASP_OC_SPEC = ArchSpec(reference="openseg-group/OCNet.pytorch@679a45b network/resnet101_asp_oc.py",
+                       paper=BASE_OC_SPEC.paper, input=OCNET_RGB, classifiers=BASE_OC_SPEC.classifiers,
+                       layouts=(OCNET,), min_input_size=ASP_OC_MIN_INPUT_SIZE, recipe=_RECIPE)
 
 
 def _ocnet(depth: int, num_classes: int, variant: str) -> Segmentor:
     backbone = deep_stem_resnet(depth, inplace_abn=True)
     if variant == "base":
-        context, dsn_dropout, min_size = BaseOC(512, 512, key_ch=256, value_ch=256, dropout=0.05), 0.05, 1
+        context, dsn_dropout = BaseOC(512, 512, key_ch=256, value_ch=256, dropout=0.05), 0.05
     else:
-        context, dsn_dropout, min_size = ASPOC(512, 256, dilations=(12, 24, 36)), 0.10, ASP_OC_MIN_INPUT_SIZE
+        context, dsn_dropout = ASPOC(512, 256, dilations=(12, 24, 36)), 0.10
     aux = AuxHead(1024, 512, num_classes, act="abn", dropout=dsn_dropout)
-    return Segmentor(backbone, OCHead(context, num_classes), aux_head=aux, min_input_size=min_size)
+    return Segmentor(backbone, OCHead(context, num_classes), aux_head=aux)
 
 
-@register_model(cfg=_BASE_CFG, layouts=(OCNET,))
-def ocnet_base_r50(num_classes: int = 19, **kwargs) -> Segmentor:
+@register_model(BASE_OC_SPEC)
+def ocnet_base_r50(num_classes: int = 19) -> Segmentor:
     """OCNet Base-OC, dilated ResNet-50 (deep stem, OS8, InPlaceABN). No released weights in OCNet.pytorch."""
-    return _ocnet(50, num_classes, "base", **kwargs)
+    return _ocnet(50, num_classes, "base")
 
 
-@register_model(cfg=_BASE_CFG, layouts=(OCNET,))
-def ocnet_base_r101(num_classes: int = 19, **kwargs) -> Segmentor:
+@register_model(BASE_OC_SPEC)
+def ocnet_base_r101(num_classes: int = 19) -> Segmentor:
     """OCNet Base-OC, dilated ResNet-101 (deep stem, OS8, InPlaceABN). No released weights in OCNet.pytorch."""
-    return _ocnet(101, num_classes, "base", **kwargs)
+    return _ocnet(101, num_classes, "base")
 
 
-@register_model(cfg=_ASP_CFG, layouts=(OCNET,))
-def ocnet_asp_r50(num_classes: int = 19, **kwargs) -> Segmentor:
+@register_model(ASP_OC_SPEC)
+def ocnet_asp_r50(num_classes: int = 19) -> Segmentor:
     """OCNet ASP-OC, dilated ResNet-50 (deep stem, OS8, InPlaceABN); input sides >= 7 px. No released weights."""
-    return _ocnet(50, num_classes, "asp", **kwargs)
+    return _ocnet(50, num_classes, "asp")
 
 
-@register_model(cfg=_ASP_CFG, layouts=(OCNET,))
-def ocnet_asp_r101(num_classes: int = 19, **kwargs) -> Segmentor:
+@register_model(ASP_OC_SPEC)
+def ocnet_asp_r101(num_classes: int = 19) -> Segmentor:
     """OCNet ASP-OC, dilated ResNet-101 (deep stem, OS8, InPlaceABN); input sides >= 7 px. No released weights."""
-    return _ocnet(101, num_classes, "asp", **kwargs)
+    return _ocnet(101, num_classes, "asp")

@@ -14,7 +14,8 @@ from ..ops.norm import conv_bn_act
 from ..ops.ppm import PyramidPooling
 from ..registry import register_model
 from ..segmentor import AuxHead, Segmentor
-from .common import FLAT_STEM_RULES, arch_cfg, deep_stem_resnet
+from ..specs import ArchSpec
+from .common import FLAT_STEM_RULES, deep_stem_resnet
 
 
 class PSPHead(nn.Module):
@@ -44,9 +45,9 @@ GALD_REPO_PSPNET = Layout(
 )
 
 # The GALD repo never trained a PSPNet; its scripts' default input is Caffe-style BGR minus the mean (no --rgb).
-_CFG = arch_cfg(reference="lxtGH/GALD-DGCNet@be7ebfe libs/models/PSPNet.py::PSPNet_res101",
-                input=CAFFE_BGR, eval_protocol="sliding window 832, 1/3 overlap, single scale",
-                paper="Zhao et al., Pyramid Scene Parsing Network, CVPR 2017")
+SPEC = ArchSpec(reference="lxtGH/GALD-DGCNet@be7ebfe libs/models/PSPNet.py::PSPNet_res101",
+                paper="Zhao et al., Pyramid Scene Parsing Network, CVPR 2017",
+                input=CAFFE_BGR, classifiers=("head.classifier", "aux_head.4"), layouts=(GALD_REPO_PSPNET,))
 
 
 def _pspnet(depth: int, num_classes: int) -> Segmentor:
@@ -54,13 +55,13 @@ def _pspnet(depth: int, num_classes: int) -> Segmentor:
     return Segmentor(backbone, PSPHead(2048, num_classes), aux_head=AuxHead(1024, 512, num_classes, act="relu"))
 
 
-@register_model(cfg=_CFG, layouts=(GALD_REPO_PSPNET,))
-def pspnet_r50(num_classes: int = 19, **kwargs) -> Segmentor:
+@register_model(SPEC)
+def pspnet_r50(num_classes: int = 19) -> Segmentor:
     """PSPNet, dilated ResNet-50 (deep stem, OS8), GALD-repo variant. No released Cityscapes weights."""
-    return _pspnet(50, num_classes, **kwargs)
+    return _pspnet(50, num_classes)
 
 
-@register_model(cfg=_CFG, layouts=(GALD_REPO_PSPNET,))
-def pspnet_r101(num_classes: int = 19, **kwargs) -> Segmentor:
+@register_model(SPEC)
+def pspnet_r101(num_classes: int = 19) -> Segmentor:
     """PSPNet, dilated ResNet-101 (deep stem, OS8), GALD-repo variant. No released Cityscapes weights."""
-    return _pspnet(101, num_classes, **kwargs)
+    return _pspnet(101, num_classes)

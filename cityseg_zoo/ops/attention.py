@@ -101,6 +101,8 @@ class PositionAttention(nn.Module):
     ``memory_light``: ``None`` (automatic, by the number of positions), ``True`` or ``False``.
     """
 
+    benchmark_label = "position attention without N×N (chunked on CPU, SDPA on CUDA)"
+
     def __init__(self, in_ch: int, memory_light: bool | None = None):
         super().__init__()
         self.query_conv = nn.Conv2d(in_ch, in_ch // 8, 1)

@@ -77,6 +77,8 @@ def criss_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> 
 class CrissCrossAttention(nn.Module):
     """CCNet CCA: ``y = γ · criss_cross_attention(q, k, v) + x`` with q, k of ``in_ch // 8`` channels."""
 
+    benchmark_label = "criss-cross: row/column GEMMs, shared in-place softmax"
+
     def __init__(self, in_ch: int):
         super().__init__()
         self.query_conv = nn.Conv2d(in_ch, in_ch // 8, 1)

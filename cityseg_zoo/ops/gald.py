@@ -98,6 +98,8 @@ class GALDBlock(nn.Module):
     Output ``distribute(a) + a = 2a + a * m`` where ``a = aggregate(u)`` (the reference's ``a2block``).
     """
 
+    benchmark_label = "GALD: fused in-place distribution"
+
     def __init__(self, channels: int, inner_ch: int, groups: int = 8, align_corners: bool = True):
         super().__init__()
         self.down = _depthwise_down(channels)

@@ -87,6 +87,8 @@ class GatedFullyFusion(nn.Module):
     un-fused top level).
     """
 
+    benchmark_label = "GFF: fused gate update"
+
     def __init__(self, in_channels: Sequence[int], channels: int, sequential: bool = True,
                  align_corners: bool = True):
         super().__init__()

@@ -36,6 +36,8 @@ class SpatialGCN(nn.Module):
     ``W_g`` = Conv1d(k=1, no bias) + BatchNorm1d (``conv_wg``, ``bn_wg``); ``out`` = conv1x1(C/2 -> C, bias) + BN.
     """
 
+    fold_pairs = (("conv_wg", "bn_wg"),)   # see DualGCN.fold_pairs
+
     def __init__(self, channels: int):
         super().__init__()
         inner = channels // 2
@@ -66,6 +68,11 @@ class DualGCN(nn.Module):
       ``Z = P Bᵀ`` ([N, 2C/ratio, C/ratio]) and the GCN ``Z' = W_g((I - A_g) Z)``: ``A_g`` = ``conv_adj`` +
       ``bn_adj`` mixing the nodes (Conv1d over Zᵀ), ``W_g`` = ``conv_wg`` + ``bn_wg`` mixing the states.
     """
+
+    benchmark_label = "GCN: fused residuals"
+    # (conv, norm) attribute pairs whose forward is norm(conv(x)) with nothing between (optimize.fold_batchnorms)
+    fold_pairs = (("theta", "bn_theta"), ("phi", "bn_phi"), ("conv_adj", "bn_adj"), ("conv_wg", "bn_wg"),
+                  ("conv3", "bn3"))
 
     def __init__(self, channels: int, ratio: int = 4, align_corners: bool = True):
         super().__init__()

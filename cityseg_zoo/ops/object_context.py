@@ -34,6 +34,8 @@ class SelfAttentionBlock(nn.Module):
     last row/column) and the context is resized back to the input size (bilinear, align_corners=True) after ``W``.
     """
 
+    benchmark_label = "object context without N×N (chunked on CPU, SDPA on CUDA)"
+
     def __init__(self, in_ch: int, key_ch: int, value_ch: int, out_ch: int | None = None, scale: int = 1,
                  align_corners: bool = True):
         super().__init__()

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..hf import CONFIG_NAME, WEIGHTS_NAME, save_pretrained, unwrap_model
+from ..hf import CONFIG_NAME, WEIGHTS_NAME, apply_config, save_pretrained, unwrap_model
 
 STATE_TENSORS = "training_state.safetensors"
 STATE_JSON = "training_state.json"
@@ -113,8 +113,11 @@ def load_training_checkpoint(path: str | os.PathLike, model: nn.Module,
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(f"{folder / WEIGHTS_NAME} does not fit the model: missing {result.missing_keys[:5]}, "
                               f"unexpected {result.unexpected_keys[:5]}")
-    if config.get("pretrained_cfg"):
-        model.pretrained_cfg = dict(config["pretrained_cfg"])   # the record of the weights now in the model
+    if config.get("pretrained_cfg"):   # the record of the weights now in the model
+        if getattr(model, "arch_spec", None) is not None:
+            apply_config(model, config)
+        else:
+            model.pretrained_cfg = dict(config["pretrained_cfg"])
     record = json.loads((folder / STATE_JSON).read_text(encoding="utf-8"))
     tensors = load_file(str(folder / STATE_TENSORS))
     if optimizer is not None:

@@ -2,12 +2,13 @@
 
 * ``folder_pairs(images_dir, masks_dir)``: ``images/<name>.<jpg|png|...>`` with ``masks/<name>.png``; pairs are
   matched by file stem (sub-folders included, relative paths must agree).
-* ``cityscapes_pairs(root, split)``: ``leftImg8bit/<split>/<city>/<id>_leftImg8bit.png`` with
-  ``gtFine/<split>/<city>/<id>_gtFine_labelTrainIds.png`` (train ids 0-18, 255 = ignore: the files
-  cityscapesScripts' ``createTrainIdLabelImgs`` writes).
+* ``cityscapes_pairs(root, split)``: the Cityscapes layout as :class:`~cityseg_zoo.data.CityscapesDataset` reads it,
+  ``leftImg8bit/<split>/<city>/<id>_leftImg8bit.png`` with ``gtFine/<split>/<city>/<id>_gtFine_labelIds.png``; the
+  label ids are mapped to trainIds (0-18, 255 = ignore) on reading, so no generated ``labelTrainIds`` files are
+  needed.
 
 A mask is a single-channel PNG (mode ``L`` or ``P``) whose values are class indices ``0..K-1``, or
-``ignore_index`` (255) for unlabelled pixels.
+``ignore_index`` (255) for unlabelled pixels; a Cityscapes ``*_gtFine_labelIds.png`` is read as trainIds.
 """
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ import torch
 from PIL import Image
 
 from ..data.cityscapes import IGNORE_INDEX
+from ..data.dataset import LABEL_SUFFIX, CityscapesDataset, load_label
 from ..data.normalization import Normalization
+from ..data.transforms import load_image
 from ..errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -46,20 +49,8 @@ def folder_pairs(images_dir: str | os.PathLike, masks_dir: str | os.PathLike) ->
 
 
 def cityscapes_pairs(root: str | os.PathLike, split: str = "train") -> list[tuple[Path, Path]]:
-    """Cityscapes ``leftImg8bit`` images with their ``gtFine`` ``labelTrainIds`` masks."""
-    root = Path(root)
-    images = sorted((root / "leftImg8bit" / split).glob("*/*_leftImg8bit.png"))
-    if not images:
-        raise InputError(f"no images match {root}/leftImg8bit/{split}/*/*_leftImg8bit.png")
-    pairs, missing = [], []
-    for image in images:
-        stem = image.name[: -len("_leftImg8bit.png")]
-        mask = root / "gtFine" / split / image.parent.name / f"{stem}_gtFine_labelTrainIds.png"
-        (pairs.append((image, mask)) if mask.is_file() else missing.append(mask))
-    if missing:
-        raise InputError(f"{len(missing)} label file(s) missing, e.g. {missing[0]}; create the *_labelTrainIds.png "
-                         "files with cityscapesScripts (csCreateTrainIdLabelImgs)")
-    return pairs
+    """Cityscapes ``leftImg8bit`` images with their ``gtFine`` ``labelIds`` files (read as trainIds)."""
+    return [(sample.image_path, sample.label_path) for sample in CityscapesDataset(root, split).samples]
 
 
 class SegmentationPairs(torch.utils.data.Dataset):
@@ -67,7 +58,7 @@ class SegmentationPairs(torch.utils.data.Dataset):
 
     Args:
         pairs: from :func:`folder_pairs` or :func:`cityscapes_pairs`.
-        normalization: the model's input normalisation (``Normalization(**model.pretrained_cfg["input"])``).
+        normalization: the model's input normalisation (``Normalization.from_dict(model.pretrained_cfg["input"])``).
         num_classes: mask values must be ``< num_classes`` or equal ``ignore_index``; others are an error.
         transform: applied to the normalised pair (e.g. :class:`~cityseg_zoo.train.augment.RandomScaleCropFlip`).
     """
@@ -84,13 +75,8 @@ class SegmentationPairs(torch.utils.data.Dataset):
         """``key``: an index, or ``(index, draw_seed)`` from :class:`ResumableSampler` (seeds the transform)."""
         index, draw_seed = key if isinstance(key, tuple) else (key, None)
         image_path, mask_path = self.pairs[index]
-        with Image.open(image_path) as img:
-            rgb = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
-        with Image.open(mask_path) as m:
-            if m.mode not in ("L", "P", "I", "I;16"):
-                raise InputError(f"{mask_path}: a mask must be a single-channel PNG of class indices, "
-                                 f"got mode {m.mode}")
-            label = torch.from_numpy(np.array(m, dtype=np.int64))
+        rgb = load_image(image_path)
+        label = load_label(mask_path) if mask_path.name.endswith(LABEL_SUFFIX) else _read_mask(mask_path)
         if label.shape != rgb.shape[-2:]:
             raise InputError(f"{mask_path} is {tuple(label.shape)}, its image {image_path} is {tuple(rgb.shape[-2:])}")
         bad = label[(label >= self.num_classes) & (label != self.ignore_index) | (label < 0)].unique()
@@ -102,6 +88,13 @@ class SegmentationPairs(torch.utils.data.Dataset):
             generator = torch.Generator().manual_seed(draw_seed) if draw_seed is not None else None
             image, label = self.transform(image, label, generator=generator)
         return image, label
+
+
+def _read_mask(path: Path) -> torch.Tensor:
+    with Image.open(path) as m:
+        if m.mode not in ("L", "P", "I", "I;16"):
+            raise InputError(f"{path}: a mask must be a single-channel PNG of class indices, got mode {m.mode}")
+        return torch.from_numpy(np.array(m, dtype=np.int64))
 
 
 class ResumableSampler(torch.utils.data.Sampler):

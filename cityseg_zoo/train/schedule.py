@@ -7,54 +7,17 @@ parameter, norms and biases included, as in every reference.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class Recipe:
-    """The optimisation settings a paper's released training scripts used on Cityscapes (models.md)."""
-
-    lr: float
-    weight_decay: float
-    power: float = 0.9
-    momentum: float = 0.9
-    head_lr_mult: float = 1.0
-    loss: str = "ce"                 # main-output loss: "ce" or "ohem" (thresh 0.7, min_kept 100 000)
-    crop: int = 769
-    batch_size: int = 8
-    iterations: int | None = None    # None: the recipe counts epochs instead (DANet: 240)
-    scale_range: tuple[float, float] | None = None   # random rescale factors, where models.md records them
-    source: str = ""
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-RECIPES: dict[str, Recipe] = {
-    "galdnet": Recipe(0.01, 5e-4, loss="ohem", crop=769, batch_size=8, iterations=50_000,
-                      scale_range=(0.7, 2.1), source="lxtGH/GALD-DGCNet train scripts (models.md §1)"),
-    "dgcnet": Recipe(0.01, 5e-4, loss="ohem", crop=832, batch_size=8, iterations=60_000,
-                     source="lxtGH/GALD-DGCNet exp/train_dualseg_r_101_city_finetrain.sh (models.md §2); r50: 50k"),
-    "ccnet": Recipe(0.01, 1e-4, loss="ohem", crop=769, batch_size=8, iterations=60_000,
-                    source="speedinghzl/CCNet run_local.sh (models.md §5); CE for the R=1/R=2 weights, "
-                           "OHEM for R=2+OHEM"),
-    "danet": Recipe(0.003, 1e-4, head_lr_mult=10.0, crop=768, batch_size=8,
-                    source="junfu1115/DANet (models.md §4): 240 epochs, head at 10x lr"),
-    "ocnet": Recipe(0.01, 5e-4, crop=769, batch_size=8, iterations=40_000,
-                    source="openseg-group/OCNet.pytorch (models.md §6); class-balanced CE in the original"),
-    "deeplabv3plus": Recipe(0.01, 1e-4, power=1.0, loss="ohem", crop=832, batch_size=8, scale_range=(0.5, 2.0),
-                            source="DecoupleSegNets train_cityscapes_ResNet50_deeplab.sh (models.md §9): 80 epochs; "
-                                   "weight decay not recorded in models.md, 1e-4 assumed"),
-}
+from ..specs import Recipe
 
 
 def recipe_for(architecture: str) -> Recipe | None:
-    """The recipe of an architecture name (``galdnet_r50`` -> ``RECIPES["galdnet"]``), or ``None``."""
-    family = architecture.rsplit("_", 1)[0]
-    return RECIPES.get(family) or RECIPES.get(family.split("_")[0])
+    """The released training recipe of an architecture (its ``ArchSpec.recipe``), or ``None`` where none is
+    recorded."""
+    from ..registry import arch_spec
+    return arch_spec(architecture).recipe
 
 
 def param_groups(model: nn.Module, lr: float, head_lr_mult: float = 1.0) -> list[dict]:

@@ -160,9 +160,11 @@ def _gather_chunk(table: Tensor, table_tokens: int, levels: _Levels, loc: Tensor
             + torch.arange(heads, device=loc.device).view(1, -1, 1) + levels.start_row)      # [B, heads, K]
     top_left = token * heads + base.to(index_dtype).unsqueeze(1)                # [B, q, heads, K]
     rows = top_left.unsqueeze(-2) + levels.corner_rows.to(index_dtype)          # [B, q, heads, 4, K]
-    wx = torch.stack((1 - fx, fx), dim=-2)                                      # [B, q, heads, 2 (x), K]
-    wy_attn = attn * fy
-    wy = torch.stack((attn - wy_attn, wy_attn), dim=-2)                         # [B, q, heads, 2 (y), K]
+    # Bilinear weights (1 − f, f) of the two neighbours along each axis, as one fused op: a + s · f.
+    low_high = torch.tensor([[1.0], [0.0]], dtype=fx.dtype, device=fx.device)
+    sign = torch.tensor([[-1.0], [1.0]], dtype=fx.dtype, device=fx.device)
+    wx = torch.addcmul(low_high, sign, fx.unsqueeze(-2))                        # [B, q, heads, 2 (x), K]
+    wy = torch.addcmul(low_high, sign, fy.unsqueeze(-2)) * attn.unsqueeze(-2)   # [B, q, heads, 2 (y), K]
     weights = wy.unsqueeze(-2) * wx.unsqueeze(-3)                               # [..., 2 (y), 2 (x), K]
     n = rows.shape[0] * rows.shape[1] * heads
     return F.embedding_bag(rows.reshape(n, -1), table, mode="sum",

@@ -5,7 +5,8 @@
 #
 # Stages, each under `timeout`, all within TOTAL_S seconds (default 470, under 8 minutes):
 #   1. pytest: tests/test_cuda.py (Triton kernels against their references, SDPA attention, fp16/bf16 autocast
-#      parity of every architecture family) and every test named *cuda* in test_ops_fast.py / test_inference.py;
+#      parity of every architecture family) and every test named *cuda* in test_ops_fast.py / test_inference.py /
+#      test_deformable_attention.py (the Triton deformable-attention kernel) / test_segformer.py;
 #      log in OUT_DIR/pytest.log, JUnit XML in OUT_DIR/pytest.xml.
 #   2. `cityseg-zoo benchmark --device cuda --dtype bfloat16 --sizes 1024x2048 --modes optimized` over every
 #      registered model, in chunks (a chunk that runs out of time loses only itself): latency,
@@ -60,7 +61,8 @@ t=$(budget "$PYTEST_S")
 say "pytest (at most ${t} s): tests/test_cuda.py and the *cuda* tests"
 rc=0
 timeout --kill-after=10 "$t" "$PYTHON" -m pytest -q -rs -k cuda --junitxml="$OUT_DIR/pytest.xml" \
-    tests/test_cuda.py tests/test_ops_fast.py tests/test_inference.py >"$OUT_DIR/pytest.log" 2>&1 || rc=$?
+    tests/test_cuda.py tests/test_ops_fast.py tests/test_inference.py tests/test_deformable_attention.py \
+    tests/test_segformer.py >"$OUT_DIR/pytest.log" 2>&1 || rc=$?
 say "pytest: exit $rc ($(tail -n 1 "$OUT_DIR/pytest.log")), $((SECONDS - START)) s so far"
 [[ $rc -eq 0 ]] || status=1
 

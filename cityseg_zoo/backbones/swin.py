@@ -33,7 +33,15 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
 
+from ..export import ExportError
+from ..ops.heads import merge_heads, split_heads
 SHIFT_MASK_VALUE = -100.0   # the reference's value for token pairs of different shift regions (not -inf)
+DYNAMIC_EXPORT_ERROR = (
+    "Swin's window attention cannot be exported with dynamic height/width: every block zero-pads its map to a "
+    "multiple of the window (7 or 12) and rolls it by half a window, and every patch merging rounds odd sizes up, "
+    "so the four stages' sizes become nested ceil/mod expressions of H and W that torch.export's shape solver takes "
+    "minutes per block to reason about (measured: 12 s for one block, over 5 min for the Swin-T backbone). Export at "
+    "a fixed size (dynamic_hw=False), one file per input size.")
 
 
 @dataclass(frozen=True)
@@ -117,14 +125,12 @@ class WindowAttention(nn.Module):
 
     def forward(self, windows: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``windows [B · nW, w², C]``; ``mask [nW, w², w²]`` (shifted blocks) -> ``[B · nW, w², C]``."""
-        bn, n, c = windows.shape
-        q, k, v = (lin(windows).view(bn, n, self.num_heads, -1).transpose(1, 2) for lin in (self.q, self.k, self.v))
+        q, k, v = (split_heads(lin(windows), self.num_heads) for lin in (self.q, self.k, self.v))
         bias = self.position_bias().unsqueeze(0)                                    # [1, heads, N, N]
         if mask is not None:
             nw = mask.shape[0]
-            bias = (bias + mask.unsqueeze(1)).repeat(bn // nw, 1, 1, 1)             # [B · nW, heads, N, N]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
-        return self.proj(out.transpose(1, 2).reshape(bn, n, c))
+            bias = (bias + mask.unsqueeze(1)).repeat(windows.shape[0] // nw, 1, 1, 1)   # [B · nW, heads, N, N]
+        return self.proj(merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))))
 
 
 class Mlp(nn.Module):
@@ -252,6 +258,8 @@ class SwinTransformer(nn.Module):
         self.apply(_init_weights)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if torch.compiler.is_exporting() and not all(isinstance(s, int) for s in x.shape[-2:]):
+            raise ExportError(DYNAMIC_EXPORT_ERROR)
         x, height, width = self.patch_embed(x)
         features = []
         for stage, norm in zip(self.stages, self.out_norms):

@@ -35,6 +35,7 @@ from torch import nn
 
 from ..export import ExportError
 from ..ops.heads import merge_heads, split_heads
+MLP_CHUNK_ROWS = 1 << 14   # tokens per step of the inference path's MLP (Swin-L stage 1: a 48 MiB hidden block)
 SHIFT_MASK_VALUE = -100.0   # the reference's value for token pairs of different shift regions (not -inf)
 DYNAMIC_EXPORT_ERROR = (
     "Swin's window attention cannot be exported with dynamic height/width: every block zero-pads its map to a "
@@ -104,6 +105,57 @@ def shift_mask(height: int, width: int, window: int, shift: int, device=None) ->
     return mask.masked_fill(mask != 0, SHIFT_MASK_VALUE)
 
 
+@dataclass
+class WindowPlan:
+    """Where one block's window tokens come from and go back to, for the inference path (one input size).
+
+    The token table of a ``[B, H·W, C]`` sequence has ``H·W + 1`` rows per image, the last one the pad token (the
+    value a zero-padded position takes). ``gather`` lists, window after window, the table row of every window
+    token: the pad, the cyclic shift and the window partition of the reference in one index. The windows that no
+    shift mask touches come first (``plain`` of them: all in an unshifted block); the last window row and column,
+    where the shift's regions meet, follow with their ``mask``. ``inverse`` is the position of every real token in
+    that window order (the reverse partition, shift and crop in one index).
+    """
+
+    gather: torch.Tensor
+    inverse: torch.Tensor
+    plain: int
+    mask: torch.Tensor | None
+
+
+def window_plan(batch: int, height: int, width: int, window: int, shift: int, device=None) -> WindowPlan:
+    """The :class:`WindowPlan` of a ``height x width`` map (see there)."""
+    padded_h, padded_w = -(-height // window) * window, -(-width // window) * window
+    rows, cols = padded_h // window, padded_w // window
+    # torch.roll(x, -shift) reads x[(i + shift) % n]; positions beyond the map read the pad token (index H·W).
+    src_r = (torch.arange(padded_h, device=device) + shift) % padded_h
+    src_c = (torch.arange(padded_w, device=device) + shift) % padded_w
+    token = torch.where((src_r[:, None] < height) & (src_c[None, :] < width), src_r[:, None] * width + src_c[None, :],
+                        height * width)
+    windows = token.view(rows, window, cols, window).transpose(1, 2).reshape(rows * cols, window * window)
+    mask = None
+    if shift:
+        grid = torch.arange(rows * cols, device=device).view(rows, cols)
+        edge = torch.zeros(rows, cols, dtype=torch.bool, device=device)
+        edge[-1, :] = True
+        edge[:, -1] = True
+        order = torch.cat([grid[~edge], grid[edge]])
+        windows = windows[order]
+        mask = shift_mask(padded_h, padded_w, window, shift, device)[grid[edge]].repeat(batch, 1, 1)
+        plain = int((~edge).sum()) * batch
+    else:
+        plain = rows * cols * batch
+    per_image = height * width + 1
+    offsets = torch.arange(batch, device=device).view(-1, 1, 1) * per_image
+    n_plain = plain // batch
+    gather = torch.cat([(windows[:n_plain] + offsets).flatten(), (windows[n_plain:] + offsets).flatten()])
+    real = gather % per_image != height * width
+    image, position = gather[real] // per_image, gather[real] % per_image
+    inverse = torch.empty(batch * height * width, dtype=torch.long, device=device)
+    inverse[image * (height * width) + position] = torch.arange(gather.numel(), device=device)[real]
+    return WindowPlan(gather, inverse, plain, mask)
+
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside each window, with a learned relative position bias per head."""
 
@@ -132,6 +184,21 @@ class WindowAttention(nn.Module):
             bias = (bias + mask.unsqueeze(1)).repeat(windows.shape[0] // nw, 1, 1, 1)   # [B · nW, heads, N, N]
         return self.proj(merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))))
 
+    def attend_planned(self, windows: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
+        """Inference path: ``windows [nW', w², 3C]`` (fused q, k, v in ``plan`` order) -> ``[nW' · w², C]`` before
+        ``proj``. The plain windows take the bias alone (broadcast), so the ``[nW, heads, w², w²]`` bias + mask
+        tensor of the reference exists only for the last window row and column."""
+        n_win, n, _ = windows.shape
+        q, k, v = windows.view(n_win, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        bias = self.position_bias().unsqueeze(0).to(q.dtype)
+        if plan.mask is None or plan.plain == n_win:
+            return merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=bias)).flatten(0, 1)
+        p = plan.plain
+        masked = (bias + plan.mask.unsqueeze(1)).to(q.dtype)
+        plain_out = F.scaled_dot_product_attention(q[:p], k[:p], v[:p], attn_mask=bias)
+        edge_out = F.scaled_dot_product_attention(q[p:], k[p:], v[p:], attn_mask=masked)
+        return torch.cat([merge_heads(plain_out), merge_heads(edge_out)]).flatten(0, 1)
+
 
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int):
@@ -155,6 +222,7 @@ class SwinBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         # The paper and detectron2 drop both branches; transformers' SwinLayer drops the attention branch only.
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.inference = False   # set by fuse_for_inference
 
     def attend(self, x: torch.Tensor, height: int, width: int, mask: torch.Tensor | None) -> torch.Tensor:
         """The (shifted-)window attention of ``LN(x)``, ``[B, H·W, C]`` -> ``[B, H·W, C]``."""
@@ -172,9 +240,48 @@ class SwinBlock(nn.Module):
             x = torch.roll(x, shifts=(self.shift, self.shift), dims=(1, 2))
         return x[:, :height, :width].reshape(b, height * width, c)
 
-    def forward(self, x: torch.Tensor, height: int, width: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, height: int, width: int, mask: torch.Tensor | None = None,
+                plan: WindowPlan | None = None) -> torch.Tensor:
+        if self.inference and plan is not None:
+            return self._forward_inference(x, height, width, plan)
         x = x + self.drop_path(self.attend(x, height, width, mask))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def _forward_inference(self, x: torch.Tensor, height: int, width: int, plan: WindowPlan) -> torch.Tensor:
+        """The same block on gathered windows: q/k/v as one GEMM on the real tokens only (a pad token's q/k/v is
+        the bias), the pad/shift/partition and their inverse as two index gathers, the residual stream updated in
+        place, the MLP in row chunks with GELU in place (inference only: nothing is recorded for autograd)."""
+        b, n, c = x.shape
+        stream = x.reshape(b * n, c)
+        normed = self.norm1(stream).view(b, n, c)
+        table = stream.new_empty(b, n + 1, 3 * c)
+        for i in range(b):
+            torch.addmm(self.qkv_bias, normed[i], self.qkv_weight.t(), out=table[i, :n])
+        table[:, n] = self.qkv_bias
+        del normed
+        windows = table.view(-1, 3 * c).index_select(0, plan.gather).view(-1, self.window ** 2, 3 * c)
+        del table
+        attended = self.attn.attend_planned(windows, plan)
+        del windows
+        stream.add_(self.attn.proj.bias).addmm_(attended.index_select(0, plan.inverse), self.attn.proj.weight.t())
+        del attended
+        fc1, fc2 = self.mlp.fc1, self.mlp.fc2
+        for start in range(0, b * n, MLP_CHUNK_ROWS):
+            part = stream[start:start + MLP_CHUNK_ROWS]
+            hidden = torch.addmm(fc1.bias, self.norm2(part), fc1.weight.t())
+            torch.ops.aten.gelu_(hidden)
+            part.add_(fc2.bias).addmm_(hidden, fc2.weight.t())
+        return stream.view(b, n, c)
+
+    @torch.no_grad()
+    def fuse_for_inference(self) -> None:
+        """Switch to the gathered-window inference path (eval only), with q, k, v fused into one Linear."""
+        if self.training:
+            raise ValueError("fuse_for_inference needs an eval-mode model")
+        a = self.attn
+        self.register_buffer("qkv_weight", torch.cat([a.q.weight, a.k.weight, a.v.weight]), persistent=False)
+        self.register_buffer("qkv_bias", torch.cat([a.q.bias, a.k.bias, a.v.bias]), persistent=False)
+        self.inference = True
 
 
 class PatchMerging(nn.Module):
@@ -205,6 +312,7 @@ class SwinStage(nn.Module):
             for i in range(depth))
         self.downsample = PatchMerging(dim) if downsample else None
         self._mask_cache: tuple | None = None   # ((padded H, padded W, device), mask) of the last input size
+        self._plan_cache: tuple | None = None   # ((B, H, W, device), (plan, shifted plan)): the inference path's
 
     def shift_mask(self, height: int, width: int, device) -> torch.Tensor:
         key = (-(-height // self.window) * self.window, -(-width // self.window) * self.window, device)
@@ -212,7 +320,20 @@ class SwinStage(nn.Module):
             self._mask_cache = (key, shift_mask(key[0], key[1], self.window, self.window // 2, device))
         return self._mask_cache[1]
 
+    def plans(self, batch: int, height: int, width: int, device) -> tuple[WindowPlan, WindowPlan]:
+        """The unshifted and shifted blocks' :class:`WindowPlan` (inference path), kept for the last input size."""
+        key = (batch, height, width, device)
+        if self._plan_cache is None or self._plan_cache[0] != key:
+            self._plan_cache = (key, tuple(window_plan(batch, height, width, self.window, shift, device)
+                                           for shift in (0, self.window // 2)))
+        return self._plan_cache[1]
+
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        if self.blocks[0].inference and not x.requires_grad:
+            plans = self.plans(x.shape[0], height, width, x.device)
+            for block in self.blocks:
+                x = block(x, height, width, plan=plans[1 if block.shift else 0])
+            return x
         mask = self.shift_mask(height, width, x.device) if len(self.blocks) > 1 else None
         for block in self.blocks:
             x = block(x, height, width, mask)

@@ -57,9 +57,9 @@ class Mask2FormerHead(nn.Module):
     Returns detectron2's prediction dict (see the module docstring); ``pred_masks`` at the mask features'
     resolution (1/4)."""
 
-    def __init__(self, in_channels: list[int], num_classes: int):
+    def __init__(self, in_channels: list[int], num_classes: int, config: dict | None = None):
         super().__init__()
-        h = HEAD
+        h = {**HEAD, **(config or {})}   # config: overrides of HEAD (smaller test heads); the Hub checkpoints: HEAD
         self.pixel_decoder = MSDeformAttnPixelDecoder(in_channels, h["dim"], h["mask_dim"], h["encoder_layers"],
                                                       h["heads"], h["encoder_ffn"], h["points"])
         self.decoder = MaskedAttentionDecoder(h["dim"], h["heads"], h["decoder_ffn"], h["num_queries"],
@@ -67,6 +67,7 @@ class Mask2FormerHead(nn.Module):
         self.class_predictor = nn.Linear(h["dim"], num_classes + 1)   # + 1: "no object"
 
     def forward(self, features: list[torch.Tensor]) -> dict:
+        """The prediction dict; after the inference switch (``decoder.inference``) ``aux_outputs`` is empty."""
         mask_features, multi_scale = self.pixel_decoder(features)
         states, masks = self.decoder(multi_scale, mask_features)
         predictions = [{"pred_logits": self.class_predictor(s), "pred_masks": m} for s, m in zip(states, masks)]

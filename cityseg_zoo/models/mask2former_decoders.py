@@ -28,6 +28,7 @@ from ..ops.deformable_attention import multi_scale_deformable_attention
 from ..ops.heads import merge_heads, split_heads
 
 LEVELS = 3   # the pixel decoder's transformer levels (1/32, 1/16, 1/8) and the decoder's round-robin
+FFN_CHUNK_ROWS = 1 << 14   # tokens per step of the inference path's encoder FFN (a 64 MiB hidden block)
 
 
 def sine_position_embedding(height: int, width: int, num_feats: int, device, dtype,
@@ -111,10 +112,31 @@ class DeformableEncoderLayer(nn.Module):
         self.fc2 = nn.Linear(ffn_dim, dim)
         self.ffn_norm = nn.LayerNorm(dim)
 
+        self.inference = False   # set by fuse_for_inference
+
     def forward(self, x: torch.Tensor, pos: torch.Tensor, reference_points: torch.Tensor,
                 shapes: list[tuple[int, int]]) -> torch.Tensor:
+        if self.inference and not x.requires_grad:
+            return self._forward_inference(x, pos, reference_points, shapes)
         x = self.self_attn_norm(x + self.self_attn(x + pos, reference_points, x, shapes))
         return self.ffn_norm(x + self.fc2(F.relu(self.fc1(x))))
+
+    def _forward_inference(self, x, pos, reference_points, shapes) -> torch.Tensor:
+        """The same layer with the residuals added in place and the FFN in row chunks (ReLU in place)."""
+        b, s, d = x.shape
+        x = self.self_attn_norm(self.self_attn(x + pos, reference_points, x, shapes).add_(x))
+        stream = x.view(b * s, d)
+        for start in range(0, b * s, FFN_CHUNK_ROWS):
+            part = stream[start:start + FFN_CHUNK_ROWS]
+            hidden = torch.addmm(self.fc1.bias, part, self.fc1.weight.t()).relu_()
+            part.add_(self.fc2.bias).addmm_(hidden, self.fc2.weight.t())
+        return self.ffn_norm(x)
+
+    def fuse_for_inference(self) -> None:
+        """Switch to the in-place inference path (eval only)."""
+        if self.training:
+            raise ValueError("fuse_for_inference needs an eval-mode model")
+        self.inference = True
 
 
 def reference_points(shapes: list[tuple[int, int]], device, dtype) -> torch.Tensor:
@@ -264,6 +286,7 @@ class MaskedAttentionDecoder(nn.Module):
         self.layers = nn.ModuleList(MaskedAttentionDecoderLayer(dim, heads, ffn_dim) for _ in range(layers))
         self.decoder_norm = nn.LayerNorm(dim)
         self.mask_embed = nn.ModuleList([nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, mask_dim)])
+        self.inference = False   # set by fuse_for_inference: only the last prediction, intermediate masks at low res
 
     def predict_masks(self, states: torch.Tensor, mask_features: torch.Tensor) -> torch.Tensor:
         """``mask_embed(q) · mask_features``: ``[B, Q, D]``, ``[B, D, H, W]`` -> ``[B, Q, H, W]``."""
@@ -274,9 +297,11 @@ class MaskedAttentionDecoder(nn.Module):
 
     @staticmethod
     def attention_mask(mask_logits: torch.Tensor, size) -> torch.Tensor:
-        """``[B, 1, Q, h·w]`` boolean: where the mask, resized to ``size``, has sigmoid >= 0.5 (True: attend). A query
+        """``[B, 1, Q, h·w]`` boolean: where the mask, resized to ``size`` (``None``: as it is), has sigmoid >= 0.5
+        (True: attend). A query
         whose mask is empty everywhere attends everywhere instead (the reference's rule)."""
-        resized = F.interpolate(mask_logits, size=size, mode="bilinear", align_corners=False)
+        resized = mask_logits if size is None else F.interpolate(mask_logits, size=size, mode="bilinear",
+                                                                 align_corners=False)
         allowed = (resized.sigmoid() >= 0.5).flatten(2)              # the reference: blocked = sigmoid < 0.5
         # multiply-free "empty -> everywhere": OR with the row's emptiness (no data-dependent indexing, exports)
         return (allowed | ~allowed.any(-1, keepdim=True)).unsqueeze(1)
@@ -293,6 +318,8 @@ class MaskedAttentionDecoder(nn.Module):
             memory.append(_tokens(feature) + self.level_embed.weight[i])   # no input projection: D == hidden
         query_pos = self.query_embed.weight.unsqueeze(0).expand(b, -1, -1)
         x = self.query_feat.weight.unsqueeze(0).expand(b, -1, -1)
+        if self.inference and not x.requires_grad:
+            return self._forward_inference(x, query_pos, memory, memory_pos, sizes, mask_features)
         states = [self.decoder_norm(x)]
         masks = [self.predict_masks(states[0], mask_features)]
         for i, layer in enumerate(self.layers):
@@ -302,3 +329,24 @@ class MaskedAttentionDecoder(nn.Module):
             states.append(self.decoder_norm(x))
             masks.append(self.predict_masks(states[-1], mask_features))
         return states, masks
+
+    def _forward_inference(self, x, query_pos, memory, memory_pos, sizes, mask_features):
+        """Only the last prediction, whose masks are at 1/4; every earlier mask is needed only at its next layer's
+        level, so it is predicted there directly: resizing is linear per channel, so ``resize(E · F) = E ·
+        resize(F)`` and the mask features are resized once per level instead of 9 ``[B, Q, H/4, W/4]`` products
+        (the same numbers up to float rounding; a value exactly at the 0.5 threshold could flip)."""
+        features_at = [F.interpolate(mask_features, size=size, mode="bilinear", align_corners=False)
+                       for size in sizes]
+        state = self.decoder_norm(x)
+        for i, layer in enumerate(self.layers):
+            level = i % LEVELS
+            allowed = self.attention_mask(self.predict_masks(state, features_at[level]), None)
+            x = layer(x, query_pos, memory[level], memory_pos[level], allowed)
+            state = self.decoder_norm(x)
+        return [state], [self.predict_masks(state, mask_features)]
+
+    def fuse_for_inference(self) -> None:
+        """Switch to the last-prediction-only inference path (eval only; see ``_forward_inference``)."""
+        if self.training:
+            raise ValueError("fuse_for_inference needs an eval-mode model")
+        self.inference = True

@@ -133,6 +133,8 @@ class Block(nn.Module):
 
 def _accumulate(stream: torch.Tensor, y: torch.Tensor, linear: nn.Linear) -> None:
     """``stream += linear(y)`` for ``[rows, C]`` ``stream`` and ``[rows, C_in]`` ``y``, without a temporary."""
+    if y.dtype != stream.dtype:   # under autocast y comes out of a bf16/fp16 GEMM: in-place addmm_ is not cast
+        y = y.to(stream.dtype)
     stream.add_(linear.bias).addmm_(y, linear.weight.t())
 
 

@@ -180,10 +180,10 @@ def workload_label(kind: str, shape: tuple[int, ...]) -> str:
 
 
 def gemm_ceiling(device: str = "cpu", dtype: str = "float32", repeats: int = 3,
-                 workloads: tuple = CEILING_WORKLOADS) -> dict[str, float]:
+                 workloads: tuple | None = None) -> dict[str, float]:
     """The practical GEMM ceiling of ``device`` in ``dtype``: GFLOP/s achieved by each large GEMM-shaped workload.
 
-    Every workload of ``workloads`` (see ``CEILING_WORKLOADS``: ``torch.mm`` products and channels_last 1x1 / 3x3
+    Every workload of ``workloads`` (default ``CEILING_WORKLOADS``: ``torch.mm`` products and channels_last 1x1 / 3x3
     convolutions, inputs and weights in ``dtype``, so the bf16 ceiling is that of bf16 tensors) runs once to warm
     up and then ``repeats`` times; its figure is ``2 · multiply-adds`` over its fastest run. The ceiling is the
     best figure, ``max(result.values())``: nothing the models run should go faster. It is only a ceiling for
@@ -196,7 +196,7 @@ def gemm_ceiling(device: str = "cpu", dtype: str = "float32", repeats: int = 3,
     cuda = dev.type == "cuda"
     result = {}
     with torch.inference_mode():
-        for kind, shape in workloads:
+        for kind, shape in CEILING_WORKLOADS if workloads is None else workloads:
             g = torch.Generator().manual_seed(0)
             if kind == "mm":
                 m, k, n = shape

@@ -170,8 +170,8 @@ def optimize_for_inference(model: nn.Module, *, fold_bn: bool = True, channels_l
       paths), DGCNet's coordinate-space GCN affinity ``softmax(Q Vᵀ)`` (``ops.gcn.SpatialGCN``), SegFormer's
       efficient attention reference (``ops.efficient_attention``). The attention weights are then cast to the
       values' dtype for the weighted sum. The fused SDPA kernels (SegFormer's efficient attention on every
-      device, DANet/OCNet position attention on CUDA) take the low-precision q, k, v and accumulate the scores
-      and softmax in float32 internally. See :mod:`cityseg_zoo.ops.precision`.
+      device; DANet/OCNet position attention on CUDA, and in bf16/fp16 on CPU) take the low-precision q, k, v
+      and accumulate the scores and the softmax in float32 internally. See :mod:`cityseg_zoo.ops.precision`.
     * the final logits: the head's low-resolution logits are cast to the input's dtype (float32) before the
       final bilinear upsampling to the input size, so ``model(x)`` returns float32 logits for a float32 input
       (``forward_logits_lowres`` returns float32 too).

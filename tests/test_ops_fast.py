@@ -66,7 +66,7 @@ def test_position_attention_sdpa_rejects_value_channels_not_a_multiple_of_query_
         attention.position_attention_sdpa(q, k, v)
 
 
-def test_position_attention_on_cpu_never_takes_the_cuda_only_sdpa_path(monkeypatch):
+def test_position_attention_in_float32_on_cpu_never_takes_the_sdpa_path(monkeypatch):
     q, k, v = qkv()
     monkeypatch.setattr(attention, "position_attention_sdpa", lambda *a: pytest.fail("SDPA path on CPU"))
     assert rel(attention.position_attention(q, k, v, memory_light=True),
@@ -144,6 +144,10 @@ def _position_chunked(q, k, v):
     return attention.position_attention_chunked(q.flatten(2), k.flatten(2), v.flatten(2), chunk_entries=50)
 
 
+def _position_dispatch(q, k, v):      # bf16 on CPU: the SDPA kernel (8 value channels = 2 heads of 4)
+    return attention.position_attention(q.flatten(2), k.flatten(2), v.flatten(2))
+
+
 def _channel(q, k, v):
     # E = X Xᵀ over the pixels: X = q, sharp along them. Pixel 0 (16 in every channel) comes out as 16 whatever
     # the weights; the other pixels show them.
@@ -166,7 +170,8 @@ def _criss_cross_fast(q, k, v):
         return criss_cross.criss_cross_attention_fast(q, k, v)
 
 
-ATTENTION_OPS = {"position": _position, "position_chunked": _position_chunked, "channel": _channel,
+ATTENTION_OPS = {"position": _position, "position_chunked": _position_chunked,
+                 "position_dispatch": _position_dispatch, "channel": _channel,
                  "sdpa_efficient_attention": _sdpa, "efficient_attention_reference": _sdpa_reference,
                  "criss_cross_fast": _criss_cross_fast, "criss_cross_reference": criss_cross.criss_cross_attention_reference}
 
@@ -192,6 +197,16 @@ def test_attention_softmax_is_float32_in_bf16_on_energies_bf16_cannot_hold(op, h
     # Energies rounded to bf16 give errors of 10-40% here; float32 energies leave the bf16 rounding of the
     # weights and of the output.
     assert rel(out, expected) <= 1e-2, rel(out, expected)
+
+
+def test_position_attention_in_bf16_on_cpu_takes_the_sdpa_kernel(monkeypatch):
+    q, k, v = qkv(dtype=torch.bfloat16)
+    calls = []
+    original = attention.position_attention_sdpa
+    monkeypatch.setattr(attention, "position_attention_sdpa", lambda *a: calls.append(1) or original(*a))
+    out = attention.position_attention(q, k, v)
+    assert calls and out.dtype == torch.bfloat16
+    assert rel(out, attention.position_attention_explicit(q.double(), k.double(), v.double())) <= 1e-2
 
 
 def test_bf16_energies_would_fail_the_float32_softmax_check():

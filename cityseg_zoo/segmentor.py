@@ -16,7 +16,6 @@ with no upsampling: the tensor the reference code returns, for exact comparisons
 """
 from __future__ import annotations
 
-import contextlib
 from types import MappingProxyType
 from typing import Mapping
 
@@ -69,7 +68,7 @@ class Segmentor(nn.Module):
         self.palette: tuple[tuple[int, int, int], ...] | None = None
         self.model_kwargs: dict = {}                    # builder arguments, to rebuild the same model
         self.record: dict = {}                          # what happened to this instance (checkpoint, reinit...)
-        self.inference_dtype: torch.dtype | None = None   # autocast dtype of eval forwards (optimize_for_inference)
+        self.inference_dtype: torch.dtype | None = None   # dtype of converted weights (optimize_for_inference)
 
     @property
     def align_corners(self) -> bool:
@@ -129,11 +128,11 @@ class Segmentor(nn.Module):
     def forward_logits_lowres(self, x: torch.Tensor) -> torch.Tensor:
         """Main logits at the head's resolution, as the reference code returns them (no upsampling)."""
         self._check_input(x)
-        out = self.head(self.backbone(x))
-        return out["out"] if isinstance(out, dict) else out
+        out = self.head(self.backbone(self._network_input(x)))
+        return (out["out"] if isinstance(out, dict) else out).to(x.dtype)
 
     def optimize_for_inference(self, **kwargs) -> "Segmentor":
-        """Fold norms into convs, go channels_last, optionally compile / autocast; see :mod:`cityseg_zoo.optimize`."""
+        """Fold norms into convs, go channels_last, optionally compile / go bf16; see :mod:`cityseg_zoo.optimize`."""
         from .optimize import optimize_for_inference
         return optimize_for_inference(self, **kwargs)
 
@@ -153,19 +152,19 @@ class Segmentor(nn.Module):
         from .hf import from_pretrained
         return from_pretrained(name_or_path, **kwargs)
 
-    def _autocast(self, x: torch.Tensor):
-        if self.inference_dtype is None or self.training:
-            return contextlib.nullcontext()
-        return torch.autocast(x.device.type, dtype=self.inference_dtype)
+    def _network_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the dtype of the network's weights: ``inference_dtype`` once the low-precision switch has
+        converted them (``optimize_for_inference(dtype=...)``), else as given."""
+        return x if self.inference_dtype is None else x.to(self.inference_dtype)
 
     def forward(self, x: torch.Tensor):
         self._check_input(x)
         size = x.shape[-2:]
-        with self._autocast(x):
-            features = self.backbone(x)
-            out = self.head(features)
+        features = self.backbone(self._network_input(x))
+        out = self.head(features)
         if not self.training:
             logits = out["out"] if isinstance(out, dict) else out
+            # Low precision: the logits return to the input's dtype (float32) before the final upsampling.
             return resize(logits.to(x.dtype), size, self.align_corners)
         outputs = dict(out) if isinstance(out, dict) else {"out": out}
         if self.aux_head is not None:

@@ -1,14 +1,15 @@
 """Every fast path in cityseg_zoo.ops gives its reference's result on random, odd-sized inputs.
 
 float32 paths agree with the float32 reference to 1e-5 (relative, Frobenius norm); bf16 runs agree with a
-float64 reference to 1e-2. The CUDA-only dispatch is checked on CUDA when one is present (skipped otherwise).
+float64 reference to 1e-2. Every attention op takes its softmax in float32 in low precision, checked on energies
+that bf16 cannot hold. The CUDA-only dispatch is checked on CUDA when one is present (skipped otherwise).
 """
 import copy
 
 import pytest
 import torch
 
-from cityseg_zoo.ops import attention, criss_cross, gated_fusion
+from cityseg_zoo.ops import attention, criss_cross, efficient_attention, gated_fusion
 from cityseg_zoo.ops.gald import GALDBlock
 from cityseg_zoo.ops.gcn import DualGCN
 from cityseg_zoo.ops.object_context import SelfAttentionBlock
@@ -65,7 +66,7 @@ def test_position_attention_sdpa_rejects_value_channels_not_a_multiple_of_query_
         attention.position_attention_sdpa(q, k, v)
 
 
-def test_position_attention_on_cpu_never_takes_the_cuda_only_sdpa_path(monkeypatch):
+def test_position_attention_in_float32_on_cpu_never_takes_the_sdpa_path(monkeypatch):
     q, k, v = qkv()
     monkeypatch.setattr(attention, "position_attention_sdpa", lambda *a: pytest.fail("SDPA path on CPU"))
     assert rel(attention.position_attention(q, k, v, memory_light=True),
@@ -120,6 +121,102 @@ def test_criss_cross_dispatch_keeps_gradients_with_the_reference_and_uses_fast_p
     monkeypatch.setattr(criss_cross, "criss_cross_attention_reference", lambda *a: pytest.fail("reference"))
     with torch.no_grad():
         assert rel(criss_cross.criss_cross_attention(q, k, v), out.detach()) <= 1e-5
+
+
+# ---------------------------------------------------------------- softmax in float32 under bf16 (every attention op)
+
+def sharp(shape, dim, seed, big=16.0):
+    """bf16-exact factors whose dot products along ``dim`` are ``big² + s`` with ``s`` a multiple of 1/64 in
+    [-1, 1]: float32 holds every energy exactly, but bf16 rounds 256 + s to 254, 256 or 258, which would change
+    attention weights by factors up to e. Channel 0 along ``dim`` is ``big``, channel 1 small, the rest 0."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.zeros(shape)
+    t.select(dim, 0).fill_(big)
+    t.select(dim, 1).copy_(torch.randint(-8, 9, t.select(dim, 1).shape, generator=g) / 8)
+    return t
+
+
+def _position(q, k, v):
+    return attention.position_attention_explicit(q.flatten(2), k.flatten(2), v.flatten(2))
+
+
+def _position_chunked(q, k, v):
+    return attention.position_attention_chunked(q.flatten(2), k.flatten(2), v.flatten(2), chunk_entries=50)
+
+
+def _position_dispatch(q, k, v):      # bf16 on CPU: the SDPA kernel (8 value channels = 2 heads of 4)
+    return attention.position_attention(q.flatten(2), k.flatten(2), v.flatten(2))
+
+
+def _channel(q, k, v):
+    # E = X Xᵀ over the pixels: X = q, sharp along them. Pixel 0 (16 in every channel) comes out as 16 whatever
+    # the weights; the other pixels show them.
+    return attention.channel_attention(q).flatten(2)[..., 1:]
+
+
+def _sdpa(q, k, v):
+    # [B, C, H, W] -> one head [B, 1, HW, C]; the fused kernel scales by 1/sqrt(C): C = 4 halves the energies.
+    heads = [t.flatten(2).transpose(1, 2).unsqueeze(1) for t in (q, k, v)]
+    return efficient_attention.efficient_attention(*heads)
+
+
+def _sdpa_reference(q, k, v):
+    heads = [t.flatten(2).transpose(1, 2).unsqueeze(1) for t in (q, k, v)]
+    return efficient_attention.efficient_attention_reference(*heads)
+
+
+def _criss_cross_fast(q, k, v):
+    with torch.no_grad():
+        return criss_cross.criss_cross_attention_fast(q, k, v)
+
+
+ATTENTION_OPS = {"position": _position, "position_chunked": _position_chunked,
+                 "position_dispatch": _position_dispatch, "channel": _channel,
+                 "sdpa_efficient_attention": _sdpa, "efficient_attention_reference": _sdpa_reference,
+                 "criss_cross_fast": _criss_cross_fast, "criss_cross_reference": criss_cross.criss_cross_attention_reference}
+
+
+@pytest.mark.parametrize("how", ["bf16_tensors", "autocast"])
+@pytest.mark.parametrize("op", sorted(ATTENTION_OPS))
+def test_attention_softmax_is_float32_in_bf16_on_energies_bf16_cannot_hold(op, how):
+    fn = ATTENTION_OPS[op]
+    if op == "channel":       # X: [B, C, H, W] sharp along the pixels (dim 2 after flattening H·W = 5·6)
+        q = sharp((2, 6, 30), 2, seed=20).view(2, 6, 5, 6)
+        k = v = None
+    else:
+        q, k = sharp((2, 4, 5, 6), 1, seed=21), sharp((2, 4, 5, 6), 1, seed=22)
+        v = (torch.randn(2, 8, 5, 6, generator=torch.Generator().manual_seed(23)) * 4).round() / 4
+    args = [t for t in (q, k, v)]
+    expected = fn(*[t if t is None else t.double() for t in args])       # the same (bf16-exact) values in float64
+    if how == "bf16_tensors":
+        out = fn(*[t if t is None else t.bfloat16() for t in args])
+        assert out.dtype == torch.bfloat16
+    else:                     # float32 tensors under CPU autocast, whose policy runs bmm in bf16
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = fn(*args)
+    # Energies rounded to bf16 give errors of 10-40% here; float32 energies leave the bf16 rounding of the
+    # weights and of the output.
+    assert rel(out, expected) <= 1e-2, rel(out, expected)
+
+
+def test_position_attention_in_bf16_on_cpu_takes_the_sdpa_kernel(monkeypatch):
+    q, k, v = qkv(dtype=torch.bfloat16)
+    calls = []
+    original = attention.position_attention_sdpa
+    monkeypatch.setattr(attention, "position_attention_sdpa", lambda *a: calls.append(1) or original(*a))
+    out = attention.position_attention(q, k, v)
+    assert calls and out.dtype == torch.bfloat16
+    assert rel(out, attention.position_attention_explicit(q.double(), k.double(), v.double())) <= 1e-2
+
+
+def test_bf16_energies_would_fail_the_float32_softmax_check():
+    """The check above can fail: the same op with its energies rounded to bf16 is far off."""
+    q, k = (sharp((2, 4, 30), 1, seed=s) for s in (21, 22))
+    v = torch.randn(2, 8, 30, generator=torch.Generator().manual_seed(23))
+    expected = attention.position_attention_explicit(q.double(), k.double(), v.double())
+    energy = torch.bmm(q.transpose(1, 2), k).bfloat16().double()          # what a bf16 energy GEMM returns
+    rounded = torch.bmm(v.double(), torch.softmax(energy, dim=-1).transpose(1, 2))
+    assert rel(rounded, expected) > 5e-2
 
 
 # ---------------------------------------------------------------- element-wise chains (GFF, GALD, DGCNet)

@@ -84,16 +84,68 @@ def test_optimized_model_gives_the_same_logits_with_every_norm_folded(name, kept
     assert optimized.backbone.kept_features == kept_features
 
 
-def test_bfloat16_autocast_returns_float32_logits_close_to_float32():
-    torch.manual_seed(1)
-    model = random_statistics(cityseg_zoo.create_model("ccnet_r50"))
-    x = torch.randn(1, 3, 97, 129)
+def trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
+    """The model's own initialisation made to look trained where it matters to bf16: norm statistics and betas
+    perturbed mildly (running var 0.8-1.2, means and betas ±0.1, so activations keep unit scale), every residual
+    branch switched on at a quarter of the identity path (timm's last norm of a block at 0.25 instead of its zero
+    init, the WiderResNet's last conv scaled by 0.25), and the attention gammas at 0.5 (0 at init would hide the
+    attention ops)."""
+    from timm.models.resnet import BasicBlock, Bottleneck
+
+    from cityseg_zoo.backbones.wider_resnet import IdentityResidualBlock
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        expected = model(x)
-        out = copy.deepcopy(model).optimize_for_inference(dtype=torch.bfloat16)(x)
-    assert out.dtype == torch.float32
-    # 50 bf16 conv layers of random weights: a few 1e-3 relative per layer add up.
-    assert rel(out, expected) <= 5e-2
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) * 0.4 + 0.8)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            if isinstance(m, (Bottleneck, BasicBlock)):
+                (m.bn3 if isinstance(m, Bottleneck) else m.bn2).weight.fill_(0.25)
+            elif isinstance(m, IdentityResidualBlock):
+                m.convs[-1].weight.mul_(0.25)
+        for name, p in model.named_parameters():
+            if name.endswith("gamma"):
+                p.fill_(0.5)
+    return model.eval()
+
+
+def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``max|a - b| / max|b|``: the benchmark's measure of the logits difference."""
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
+
+
+# One model per head (ResNet-50 twins), both other backbone families, the mmseg re-implementations.
+FAMILIES = ["fcn_r50", "pspnet_r50", "deeplabv3_r50", "deeplabv3plus_r50", "danet_r50", "ccnet_r50", "galdnet_r50",
+            "dgcnet_r50", "gffnet_r50", "gffnet_wrn38", "ocnet_asp_r50", "ocnet_base_r50", "segformer_b0",
+            "mmseg_fcn_r50", "mmseg_pspnet_r50", "mmseg_deeplabv3_r50", "mmseg_deeplabv3plus_r50",
+            "mmseg_danet_r50", "mmseg_ccnet_r50"]
+
+
+# bf16 against float32, measured: 50 layers each rounding its weights and its input activations once to bf16
+# (8 significant bits) put these random-weight ResNet-50 models 0.2-0.9% (Frobenius) from the float32 switch, and
+# 0.5-1.8% in the largest logit difference over the largest logit, depending on the weights drawn (FCN-R50: weights
+# alone rounded 0.75%, inputs alone 0.76%). That is bf16's floor, not a softmax or upsampling in bf16 (those are
+# float32, checked below and in test_ops_fast.py): the whole GALD head in float32 still gives 1.4% on another draw.
+# So the bound is 1e-2 on the Frobenius measure and 2e-2 on the largest difference.
+@pytest.mark.parametrize("name", FAMILIES)
+def test_bfloat16_switch_gives_float32_logits_within_1e_2_of_the_float32_switch(name, monkeypatch):
+    torch.manual_seed(0)
+    model = trained_like(cityseg_zoo.create_model(name, num_classes=7))
+    side = max(model.min_input_size, 65)                      # GALD needs 111
+    x = torch.randn(1, 3, side, max(side, 97), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = copy.deepcopy(model).optimize_for_inference()(x)
+        optimize_for_inference(model, dtype=torch.bfloat16)
+        softmax_dtypes = []
+        softmax = torch.softmax
+        monkeypatch.setattr(torch, "softmax", lambda t, *a, **k: softmax_dtypes.append(t.dtype) or softmax(t, *a, **k))
+        out = model(x)
+    assert next(model.parameters()).dtype == torch.bfloat16      # the weights were converted, not autocast
+    assert out.dtype == torch.float32 and out.shape == expected.shape
+    assert rel(out, expected) <= 1e-2 and max_rel(out, expected) <= 2e-2, (rel(out, expected), max_rel(out, expected))
+    # Every attention softmax (DANet, OCNet, DGCNet's GCN, criss-cross's reference) ran on float32 energies.
+    assert all(dtype == torch.float32 for dtype in softmax_dtypes), softmax_dtypes
 
 
 def test_optimize_rejects_an_unknown_dtype_and_a_second_pass():

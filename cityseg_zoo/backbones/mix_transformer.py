@@ -14,7 +14,9 @@ Inference path (:meth:`Block.fuse_for_inference`, run by the inference switch): 
 passes. Each residual branch's last Linear accumulates straight into the residual stream (``x.add_(b).addmm_(y, Wᵀ)``
 instead of a bias copy, a GEMM into a new tensor and an add), and GELU runs in place on the depth-wise conv's output.
 CPU float32 GEMMs of these sizes are fast enough that allocating (and page-faulting) those temporaries is a large part
-of a block's time.
+of a block's time. In bf16/fp16 (the low-precision switch) the residual stream stays float32: each block adds two
+small branch outputs to it, and rounding the stream to bf16 at every addition was most of SegFormer-B0's bf16
+error (1.1% of the logits after 8 blocks); the branches read a bf16 copy of it and run in bf16.
 
 Tokens stay ``[B, N, C]`` inside a stage. The stage output map is a view of the tokens with channels last in memory
 (``reshape(B, H, W, C).permute(0, 3, 1, 2)``), not a contiguous copy: the next patch embedding (a conv) and the
@@ -28,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
+
+from ..ops.precision import upcast
 
 from ..ops.efficient_attention import EfficientSelfAttention
 
@@ -119,10 +123,13 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x), height, width))
 
     def _forward_inference(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        stream = x.contiguous().view(-1, x.shape[-1])   # the residual stream, updated in place
-        _accumulate(stream, self.attn.attend(self.norm1(x), height, width), self.attn.proj)
-        _accumulate(stream, self.mlp.hidden_inference(self.norm2(x), height, width), self.mlp.fc2)
-        return stream.view(x.shape)
+        # The residual stream, updated in place: x itself in float32, a float32 copy of a bf16/fp16 x.
+        stream = upcast(x).contiguous().view(-1, x.shape[-1])
+        tokens = stream.view(x.shape)
+        low = self.norm1.weight.dtype     # the branches' dtype (a no-op cast in float32)
+        _accumulate(stream, self.attn.attend(self.norm1(tokens.to(low)), height, width), self.attn.proj)
+        _accumulate(stream, self.mlp.hidden_inference(self.norm2(tokens.to(low)), height, width), self.mlp.fc2)
+        return tokens
 
     def fuse_for_inference(self) -> None:
         """Switch to the in-place inference path (eval only: nothing is recorded for autograd)."""
@@ -132,8 +139,13 @@ class Block(nn.Module):
 
 
 def _accumulate(stream: torch.Tensor, y: torch.Tensor, linear: nn.Linear) -> None:
-    """``stream += linear(y)`` for ``[rows, C]`` ``stream`` and ``[rows, C_in]`` ``y``, without a temporary."""
-    stream.add_(linear.bias).addmm_(y, linear.weight.t())
+    """``stream += linear(y)`` for ``[rows, C]`` ``stream`` and ``[rows, C_in]`` ``y``, without a temporary
+    in float32; in low precision (bf16 weights, or autocast) the GEMM runs in its dtype and is added to the float32
+    stream."""
+    if y.dtype == stream.dtype == linear.weight.dtype:
+        stream.add_(linear.bias).addmm_(y, linear.weight.t())
+    else:
+        stream.add_(F.linear(y, linear.weight, linear.bias))
 
 
 class Stage(nn.Module):
@@ -150,7 +162,8 @@ class Stage(nn.Module):
         x, height, width = self.patch_embed(x)
         for block in self.blocks:
             x = block(x, height, width)
-        return tokens_to_map(self.norm(x), height, width)
+        # The inference path's float32 stream meets the norm's dtype (a no-op cast in float32).
+        return tokens_to_map(self.norm(x.to(self.norm.weight.dtype)), height, width)
 
 
 class MixTransformer(nn.Module):

@@ -4,11 +4,15 @@ Every measurement point (model, image size, mode) runs in a **fresh Python proce
 own: peak RSS (``ru_maxrss``, the whole process: interpreter, torch, weights and activations) on CPU, and
 ``torch.cuda.max_memory_allocated`` on CUDA. Latency is the median of ``repeats`` timed forwards after
 ``warmup`` untimed ones (CUDA: CUDA events). FLOPs are counted once per (model, size) on the meta device
-(convolutions and matmuls, one multiply-add = 2 FLOPs), and the achieved GFLOP/s is reported as a fraction of a
-square GEMM measured in the same run, on the same device and dtype.
+(convolutions and matmuls, one multiply-add = 2 FLOPs), and the achieved GFLOP/s is reported as a fraction of the
+GEMM ceiling (:func:`gemm_ceiling`: the best of several large ``torch.mm`` and channels_last convolution workloads)
+measured in the point's own process, with its thread settings, before and after the model, in the dtype its
+convolutions run in.
 
 Modes: ``eager`` (the model as built) and ``optimized`` (:func:`cityseg_zoo.optimize.optimize_for_inference`:
-conv+BN folding and channels_last, plus ``--compile`` / ``--dtype`` when given).
+conv+BN folding and channels_last, plus ``--compile`` / ``--dtype`` when given). A low-precision optimised point
+also runs the float32 switch of the same weights once on the same fixed random input, and reports the largest
+logits difference (relative to the largest float32 logit) and the fraction of pixels whose argmax class changes.
 """
 from __future__ import annotations
 
@@ -45,15 +49,28 @@ class Point:
     warmup: int = 1
     repeats: int = 3
     device: str = "cpu"
-    dtype: str = "float32"                   # autocast dtype of the optimised mode: float32 | bfloat16 | float16
+    dtype: str = "float32"                   # dtype of the optimised mode: float32 | bfloat16 | float16
     compile: bool = False
     threads: int = 0                         # torch.set_num_threads (0: torch's default)
+    ceiling: bool = True                     # measure the GEMM ceiling in this process, before and after the model
+    compare_fp32: bool = False               # low-precision point: logits against the float32 switch's
     # Filled in by the worker.
     latencies_s: list[float] = field(default_factory=list)
     peak_memory_gib: float | None = None
     memory_kind: str = ""
     fast_paths: str = ""
+    ceiling_dtype: str = ""                  # the ceiling's dtype: the dtype the model's convolutions run in
+    ceiling_before: dict[str, float] = field(default_factory=dict)   # GFLOP/s per workload, before the model
+    ceiling_after: dict[str, float] = field(default_factory=dict)    # and after it
+    max_rel_diff: float | None = None        # max|logits - fp32 logits| / max|fp32 logits| (compare_fp32)
+    argmax_changed: float | None = None      # fraction of pixels whose argmax class differs from fp32's
     error: str = ""
+
+    @property
+    def ceiling_gflops(self) -> float | None:
+        """The GEMM ceiling of this point's process: the best workload, before or after the model."""
+        rates = [*self.ceiling_before.values(), *self.ceiling_after.values()]
+        return max(rates) if rates else None
 
 
 # ---------------------------------------------------------------- what runs inside a worker process
@@ -78,65 +95,131 @@ def _peak_rss_gib() -> float:
     return kib * 1024 / GIB
 
 
-def run_point(point: Point) -> Point:
-    """Build the model, optimise it if asked, and time it (in this process: call it in a fresh one)."""
+def _build(point: Point, dtype: str):
+    """The point's model with the weights of ``torch.manual_seed(0)``, optimised in ``dtype`` when its mode says."""
     import torch
 
     import cityseg_zoo
+    torch.manual_seed(0)
+    model = cityseg_zoo.create_model(point.model).eval().to(point.device)
+    if point.mode == "optimized":
+        model.optimize_for_inference(dtype=None if dtype == "float32" else getattr(torch, dtype),
+                                     compile=point.compile)
+    elif point.mode != "eager":
+        raise CitysegZooError(f"unknown mode {point.mode!r}: use 'eager' or 'optimized'")
+    return model
+
+
+def run_point(point: Point) -> Point:
+    """Build the model, optimise it if asked, and time it (in this process: call it in a fresh one).
+
+    With ``point.ceiling``, :func:`gemm_ceiling` runs before the model is built and after it has run (same process,
+    same threads), in the dtype its convolutions run in. With ``point.compare_fp32``, the float32 switch of the
+    same weights then runs once on the same input, after the peak memory has been read, for the logits difference.
+    """
+    import torch
     if point.threads:
         torch.set_num_threads(point.threads)
     device = torch.device(point.device)
-    torch.manual_seed(0)
-    model = cityseg_zoo.create_model(point.model).eval().to(device)
-    if point.mode == "optimized":
-        dtype = None if point.dtype == "float32" else getattr(torch, point.dtype)
-        model.optimize_for_inference(dtype=dtype, compile=point.compile)
-    elif point.mode != "eager":
-        raise CitysegZooError(f"unknown mode {point.mode!r}: use 'eager' or 'optimized'")
+    point.ceiling_dtype = point.dtype if point.mode == "optimized" else "float32"
+    if point.ceiling:
+        point.ceiling_before = gemm_ceiling(point.device, point.ceiling_dtype)
+    model = _build(point, point.dtype)
     point.fast_paths = fast_paths(model)
-    x = torch.randn(1, 3, *point.size, device=device)
+    x = torch.randn(1, 3, *point.size, generator=torch.Generator().manual_seed(1)).to(device)   # fixed input
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     with torch.inference_mode():
+        out = None
         for _ in range(point.warmup):
-            model(x)
+            out = model(x)
         for _ in range(point.repeats):
             if cuda:
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
-                model(x)
+                out = model(x)
                 end.record()
                 torch.cuda.synchronize(device)
                 point.latencies_s.append(start.elapsed_time(end) / 1000)
             else:
                 t0 = time.perf_counter()
-                model(x)
+                out = model(x)
                 point.latencies_s.append(time.perf_counter() - t0)
     if cuda:
         point.peak_memory_gib, point.memory_kind = torch.cuda.max_memory_allocated(device) / GIB, "CUDA allocated"
     else:
         point.peak_memory_gib, point.memory_kind = _peak_rss_gib(), "peak RSS"
+    if point.compare_fp32 and out is not None:
+        del model
+        with torch.inference_mode():
+            reference = _build(point, "float32")(x)
+        point.max_rel_diff = float((out.float() - reference).abs().max() / reference.abs().max())
+        point.argmax_changed = float((out.argmax(1) != reference.argmax(1)).float().mean())
+    if point.ceiling:
+        point.ceiling_after = gemm_ceiling(point.device, point.ceiling_dtype)
     return point
 
 
-def gemm_gflops(device: str = "cpu", dtype: str = "float32", n: int = 2048, repeats: int = 5) -> float:
-    """Achieved GFLOP/s of an ``n × n × n`` matmul (median of ``repeats``): the device's practical peak."""
+# The workloads of the GEMM ceiling: ("mm", (m, k, n)) is ``torch.mm`` of ``[m, k] @ [k, n]`` (MKL / cuBLAS);
+# ("conv", (c_in, c_out, kernel, h, w)) a channels_last ``conv2d`` of a ``[1, c_in, h, w]`` map (oneDNN / cuDNN, the
+# library the models' convolutions run in: a 1x1 conv is its own GEMM, a 3x3 one an implicit GEMM that can beat the
+# BLAS). The conv shapes are the models' own: head and layer4 convs at 1/8 of 512x1024 (64x128) and of 256x512.
+CEILING_WORKLOADS = (
+    ("mm", (2048, 2048, 2048)), ("mm", (4096, 4096, 1024)), ("mm", (8192, 1024, 2048)),
+    ("conv", (2048, 512, 1, 64, 128)), ("conv", (512, 2048, 1, 64, 128)),
+    ("conv", (512, 512, 3, 64, 128)), ("conv", (512, 512, 3, 32, 64)), ("conv", (256, 256, 3, 64, 128)),
+)
+
+
+def workload_label(kind: str, shape: tuple[int, ...]) -> str:
+    if kind == "mm":
+        return "mm {}x{}x{}".format(*shape)
+    c_in, c_out, kernel, h, w = shape
+    return f"conv{kernel}x{kernel} {c_in}->{c_out} at {h}x{w}"
+
+
+def gemm_ceiling(device: str = "cpu", dtype: str = "float32", repeats: int = 3,
+                 workloads: tuple | None = None) -> dict[str, float]:
+    """The practical GEMM ceiling of ``device`` in ``dtype``: GFLOP/s achieved by each large GEMM-shaped workload.
+
+    Every workload of ``workloads`` (default ``CEILING_WORKLOADS``: ``torch.mm`` products and channels_last 1x1 / 3x3
+    convolutions, inputs and weights in ``dtype``, so the bf16 ceiling is that of bf16 tensors) runs once to warm
+    up and then ``repeats`` times; its figure is ``2 · multiply-adds`` over its fastest run. The ceiling is the
+    best figure, ``max(result.values())``: nothing the models run should go faster. It is only a ceiling for
+    the process and thread settings it was measured in, so the benchmark measures it in each point's own process,
+    before and after the model runs. Returns ``{workload label: GFLOP/s}``.
+    """
     import torch
-    dev = torch.device(device)
-    a = torch.randn(n, n, device=dev, dtype=getattr(torch, dtype))
-    b = torch.randn(n, n, device=dev, dtype=getattr(torch, dtype))
-    times = []
-    for i in range(repeats + 1):
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        t0 = time.perf_counter()
-        a @ b
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        if i:                                    # the first product warms up
-            times.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / statistics.median(times) / 1e9
+    import torch.nn.functional as F
+    dev, dt = torch.device(device), getattr(torch, dtype)
+    cuda = dev.type == "cuda"
+    result = {}
+    with torch.inference_mode():
+        for kind, shape in CEILING_WORKLOADS if workloads is None else workloads:
+            g = torch.Generator().manual_seed(0)
+            if kind == "mm":
+                m, k, n = shape
+                a, b = (torch.randn(r, c, generator=g).to(dev, dt) for r, c in ((m, k), (k, n)))
+                run, flops = (lambda: torch.mm(a, b)), 2 * m * k * n
+            else:
+                c_in, c_out, kernel, h, w = shape
+                x = torch.randn(1, c_in, h, w, generator=g).to(dev, dt).contiguous(memory_format=torch.channels_last)
+                weight = (torch.randn(c_out, c_in, kernel, kernel, generator=g) / (c_in * kernel * kernel) ** 0.5
+                          ).to(dev, dt).contiguous(memory_format=torch.channels_last)
+                run, flops = (lambda: F.conv2d(x, weight, padding=kernel // 2)), 2 * c_in * c_out * kernel ** 2 * h * w
+            times = []
+            for i in range(repeats + 1):
+                if cuda:
+                    torch.cuda.synchronize(dev)
+                t0 = time.perf_counter()
+                run()
+                if cuda:
+                    torch.cuda.synchronize(dev)
+                if i:                                    # the first run warms up (allocations, oneDNN primitives)
+                    times.append(time.perf_counter() - t0)
+            result[workload_label(kind, shape)] = flops / min(times) / 1e9
+    return result
 
 
 def count_gflops(name: str, size: tuple[int, int]) -> float:
@@ -156,18 +239,12 @@ def count_gflops(name: str, size: tuple[int, int]) -> float:
 def _worker_main(spec: str) -> None:
     """Entry point of a worker process: one JSON spec in, one JSON line out (prefixed, to find it)."""
     job = json.loads(spec)
-    if job["kind"] == "gemm":
-        if job.get("threads"):
-            import torch
-            torch.set_num_threads(job["threads"])
-        result = {"gflops": gemm_gflops(job["device"], job["dtype"])}
-    else:
-        point = Point(**{**job["point"], "size": tuple(job["point"]["size"])})
-        try:
-            result = asdict(run_point(point))
-        except Exception as err:   # reported in the table rather than aborting a long run
-            point.error = f"{type(err).__name__}: {err}"
-            result = asdict(point)
+    point = Point(**{**job["point"], "size": tuple(job["point"]["size"])})
+    try:
+        result = asdict(run_point(point))
+    except Exception as err:   # reported in the table rather than aborting a long run
+        point.error = f"{type(err).__name__}: {err}"
+        result = asdict(point)
     print("BENCH_RESULT " + json.dumps(result), flush=True)
 
 
@@ -195,8 +272,11 @@ def measure(points: list[Point], timeout: float | None = None, log=print) -> lis
             point = Point(**{**result, "size": tuple(result["size"])})
         else:
             point.error = result.get("error", "unknown failure")
-        log(f"[{i}/{len(points)}] {point.model} {point.size[0]}x{point.size[1]} {point.mode}: "
-            + (point.error or f"{median(point):.2f} s, {point.peak_memory_gib:.2f} GiB {point.memory_kind}"))
+        ceiling = f", ceiling {point.ceiling_gflops:.0f} GFLOP/s" if point.ceiling_gflops else ""
+        diff = f", max rel. diff {point.max_rel_diff:.1e}" if point.max_rel_diff is not None else ""
+        log(f"[{i}/{len(points)}] {point.model} {point.size[0]}x{point.size[1]} {point.mode} {point.dtype}: "
+            + (point.error or f"{median(point):.2f} s, {point.peak_memory_gib:.2f} GiB {point.memory_kind}"
+                              f"{ceiling}{diff}"))
         done.append(point)
     return done
 
@@ -205,29 +285,50 @@ def median(point: Point) -> float:
     return statistics.median(point.latencies_s) if point.latencies_s else float("nan")
 
 
-def measure_gemm(device: str, dtype: str, threads: int = 0) -> float:
-    result = _spawn({"kind": "gemm", "device": device, "dtype": dtype, "threads": threads}, None)
-    if "gflops" not in result:
-        raise CitysegZooError(f"GEMM measurement failed: {result.get('error')}")
-    return result["gflops"]
-
-
-def markdown_table(points: list[Point], gflops: dict[tuple[str, tuple[int, int]], float], gemm: float) -> str:
-    """One row per point; speed-up against the eager point of the same model and size, and against mmseg."""
-    eager = {(p.model, p.size): median(p) for p in points if p.mode == "eager" and not p.error and p.latencies_s}
-    lines = [f"GEMM peak measured in this run: {gemm:.0f} GFLOP/s "
-             f"({points[0].device if points else 'cpu'}, {points[0].dtype if points else 'float32'}).", "",
-             "| model | size | mode | median latency (s) | runs | vs eager | vs mmseg 1.2.2 | peak memory (GiB) "
-             "| GFLOPs | GFLOP/s | % of GEMM peak | fast paths |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+def ceiling_summary(points: list[Point]) -> str:
+    """One line per dtype: the highest GEMM ceiling of the points' processes, their range and the best workload."""
+    by_dtype: dict[str, list[Point]] = {}
     for p in points:
-        size = f"{p.size[0]}x{p.size[1]}"
+        if p.ceiling_gflops is not None:
+            by_dtype.setdefault(p.ceiling_dtype, []).append(p)
+    if not by_dtype:
+        return "GEMM ceiling: not measured."
+    parts = []
+    for dtype, measured in by_dtype.items():
+        rates = [p.ceiling_gflops for p in measured]
+        best = max(measured, key=lambda p: p.ceiling_gflops)
+        runs = {**best.ceiling_before, **{k: max(v, best.ceiling_before.get(k, 0.0))
+                                          for k, v in best.ceiling_after.items()}}
+        parts.append(f"{dtype} {max(rates):.0f} GFLOP/s (range over the rows' processes {min(rates):.0f}-"
+                     f"{max(rates):.0f}; best workload: {max(runs, key=runs.get)})")
+    workloads = len(CEILING_WORKLOADS)
+    return (f"GEMM ceiling measured in this run: {'; '.join(parts)}. Each row's process measures the best of "
+            f"{workloads} GEMM workloads (torch.mm and channels_last 1x1 / 3x3 convolutions, in the dtype the "
+            f"row's convolutions run in) before and after its model; the row's % is against its own ceiling.")
+
+
+def markdown_table(points: list[Point], gflops: dict[tuple[str, tuple[int, int]], float]) -> str:
+    """One row per point; speed-up against the eager point of the same model and size, against the float32
+    switch (low-precision rows) and against mmseg; achieved GFLOP/s as a fraction of the row's GEMM ceiling."""
+    ok = [p for p in points if not p.error and p.latencies_s]
+    eager = {(p.model, p.size): median(p) for p in ok if p.mode == "eager"}
+    switch = {(p.model, p.size): median(p) for p in ok
+              if p.mode == "optimized" and p.dtype == "float32" and not p.compile}
+    lines = [ceiling_summary(points), "",
+             "| model | size | mode | median latency (s) | runs | vs eager | vs fp32 switch | vs mmseg 1.2.2 "
+             "| peak memory (GiB) | GFLOPs | GFLOP/s | % of GEMM ceiling | logits vs fp32: max rel. diff "
+             "| argmax changed | fast paths |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for p in points:
+        size, key = f"{p.size[0]}x{p.size[1]}", (p.model, p.size)
         if p.error:
-            lines.append(f"| `{p.model}` | {size} | {p.mode} | failed: {p.error} | | | | | | | | |")
+            lines.append(f"| `{p.model}` | {size} | {p.mode} | failed: {p.error} |" + " |" * 11)
             continue
         t = median(p)
-        g = gflops.get((p.model, p.size), float("nan"))
-        vs_eager = f"{eager[(p.model, p.size)] / t:.2f}×" if (p.model, p.size) in eager and p.mode != "eager" else ""
+        g = gflops.get(key, float("nan"))
+        vs_eager = f"{eager[key] / t:.2f}×" if key in eager and p.mode != "eager" else ""
+        low = p.mode == "optimized" and p.dtype != "float32"
+        vs_switch = f"{switch[key] / t:.2f}×" if key in switch and low else ""
         ref = None
         if p.size == (512, 1024) and p.model in MMSEG_FIGURES_512x1024:
             ref = MMSEG_FIGURES_512x1024[p.model][1]
@@ -236,9 +337,13 @@ def markdown_table(points: list[Point], gflops: dict[tuple[str, tuple[int, int]]
         vs_mmseg = f"{ref / t:.2f}× ({ref} s)" if ref else ""
         mode = p.mode + ("" if p.mode == "eager" else
                          (f", {p.dtype}" if p.dtype != "float32" else "") + (", compiled" if p.compile else ""))
-        lines.append(f"| `{p.model}` | {size} | {mode} | {t:.2f} | {len(p.latencies_s)} | {vs_eager} | "
-                     f"{vs_mmseg} | {p.peak_memory_gib:.2f} ({p.memory_kind}) | {g:.0f} | {g / t:.0f} | "
-                     f"{100 * g / t / gemm:.0f}% | {p.fast_paths} |")
+        ceiling = p.ceiling_gflops
+        share = f"{100 * g / t / ceiling:.0f}% of {ceiling:.0f}" if ceiling else ""
+        diff = f"{p.max_rel_diff:.1e}" if p.max_rel_diff is not None else ""
+        changed = f"{100 * p.argmax_changed:.2f}%" if p.argmax_changed is not None else ""
+        lines.append(f"| `{p.model}` | {size} | {mode} | {t:.2f} | {len(p.latencies_s)} | {vs_eager} | {vs_switch} | "
+                     f"{vs_mmseg} | {p.peak_memory_gib:.2f} ({p.memory_kind}) | {g:.0f} | {g / t:.0f} | {share} | "
+                     f"{diff} | {changed} | {p.fast_paths} |")
     return "\n".join(lines) + "\n"
 
 
@@ -257,14 +362,15 @@ def run(args: argparse.Namespace) -> int:
     from ..registry import resolve
     for name in args.models:
         resolve(name)    # UnknownModelError (with suggestions) before any process is started
+    low = args.dtype != "float32"
     points = [Point(model=m, size=s, mode=mode, warmup=args.warmup, repeats=args.repeats, device=args.device,
-                    dtype=args.dtype, compile=args.compile, threads=args.threads)
+                    dtype=args.dtype if mode == "optimized" else "float32", compile=args.compile,
+                    threads=args.threads, ceiling=not args.no_ceiling,
+                    compare_fp32=low and mode == "optimized" and not args.no_compare)
               for s in args.sizes for m in args.models for mode in args.modes]
-    gemm = measure_gemm(args.device, args.dtype if "optimized" in args.modes else "float32", args.threads)
-    print(f"GEMM peak: {gemm:.0f} GFLOP/s")
     results = measure(points, timeout=args.timeout)
     gflops = {(p.model, p.size): count_gflops(p.model, p.size) for p in results}
-    table = markdown_table(results, gflops, gemm)
+    table = markdown_table(results, gflops)
     print(table)
     if args.output:
         write_outputs(Path(args.output), results, table)
@@ -303,7 +409,8 @@ def plot_against_area(points: list[Point], path: Path, width: int = 1400, height
     for p in points:
         if p.error or not p.latencies_s:
             continue
-        label = p.model + ("" if p.mode == "optimized" else f" ({p.mode})")
+        variant = [v for v in (p.mode if p.mode != "optimized" else "", p.dtype if p.dtype != "float32" else "") if v]
+        label = p.model + (f" ({', '.join(variant)})" if variant else "")
         series.setdefault(label, []).append((p.size[0] * p.size[1] / 1e6, p.peak_memory_gib, median(p)))
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
@@ -352,7 +459,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
-                        help="autocast dtype of the optimized mode")
+                        help="dtype of the optimized mode (optimize_for_inference(dtype=...))")
+    parser.add_argument("--no-ceiling", action="store_true",
+                        help="skip the GEMM ceiling measured in each point's process (the %% column stays empty)")
+    parser.add_argument("--no-compare", action="store_true",
+                        help="with a low --dtype: skip the float32 forward that gives the logits difference")
     parser.add_argument("--compile", action="store_true", help="torch.compile in the optimized mode")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: torch's default)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per point before it is abandoned")

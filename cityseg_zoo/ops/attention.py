@@ -15,12 +15,19 @@ Channel attention over the C channels of ``x`` itself (no convolutions)::
     E'  = rowmax(E) − E
     A   = softmax(E', last dim)
     y   = γ · A X + x
+
+Low precision (bf16/fp16 inputs, or autocast): the energies E and the softmax are computed in float32 on float32
+copies of q and k (of X for the channel attention), and A is cast back to the values' dtype for the weighted sum
+(see :mod:`cityseg_zoo.ops.precision`). The SDPA path keeps q, k, v in their dtype: its fused kernels
+accumulate the energies and take the softmax in float32 themselves; CPU bf16/fp16 inputs take that path too.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .precision import float32_island, upcast
 
 # Above this many positions the N × N attention matrix is not materialised (4096² fp32 = 64 MiB per image):
 # a 768 crop has N = 96² = 9216 at 1/8 (340 MiB per image), a 1024x2048 frame N = 32768 (4.3 GiB per image).
@@ -32,11 +39,12 @@ CHUNK_ENTRIES = 1 << 24
 def position_attention_explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``out[:, :, i] = Σ_j softmax_j(q_i · k_j) v[:, :, j]``, with the whole N × N matrix, as the reference does.
 
-    Args: ``q``, ``k``: ``[B, Cq, N]``; ``v``: ``[B, Cv, N]``. Returns ``[B, Cv, N]``.
+    Args: ``q``, ``k``: ``[B, Cq, N]``; ``v``: ``[B, Cv, N]``. Returns ``[B, Cv, N]`` in ``v``'s dtype.
     """
-    energy = torch.bmm(q.transpose(1, 2), k)              # [B, N, N], E_ij = q_i · k_j
-    attention = torch.softmax(energy, dim=-1)              # normalised over the keys j
-    return torch.bmm(v, attention.transpose(1, 2))         # [B, Cv, N]
+    with float32_island(q):
+        energy = torch.bmm(upcast(q).transpose(1, 2), upcast(k))   # [B, N, N] float32, E_ij = q_i · k_j
+        attention = torch.softmax(energy, dim=-1)                   # normalised over the keys j, in float32
+        return torch.bmm(v, attention.to(v.dtype).transpose(1, 2))  # [B, Cv, N]
 
 
 def position_attention_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -48,6 +56,7 @@ def position_attention_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     """
     n = q.shape[-1]
     chunk = max(1, chunk_entries // n)
+    q, k = upcast(q), upcast(k)     # once, not per chunk
     outputs = [position_attention_explicit(q[:, :, start:start + chunk], k, v) for start in range(0, n, chunk)]
     return torch.cat(outputs, dim=-1)
 
@@ -74,16 +83,19 @@ def position_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -
 
 
 def _sdpa_fits(q: torch.Tensor, v: torch.Tensor) -> bool:
-    return q.is_cuda and v.shape[1] % q.shape[1] == 0
+    # CPU float32: the chunked GEMMs win on a 2-core CPU. CPU bf16/fp16: the fused kernel wins (0.55 s against
+    # 0.7-0.9 s for DANet's PAM at 512x1024, one AMX core), and takes its softmax in float32 internally.
+    return (q.is_cuda or q.dtype in (torch.bfloat16, torch.float16)) and v.shape[1] % q.shape[1] == 0
 
 
 def position_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        memory_light: bool | None = None) -> torch.Tensor:
     """Position attention, dispatched by device and size; every path gives the same result.
 
-    ``memory_light=None`` (automatic): on CUDA, :func:`position_attention_sdpa` (fused kernels, no N × N matrix);
-    elsewhere the explicit matrix up to ``EXPLICIT_MAX_POSITIONS`` positions and the query-chunked computation
-    above (on a 2-core CPU the chunked GEMMs beat SDPA's CPU kernel, which must repeat q·k for every head).
+    ``memory_light=None`` (automatic): on CUDA, and for bf16/fp16 inputs on CPU, :func:`position_attention_sdpa`
+    (fused kernels, no N × N matrix); for float32 on CPU the explicit matrix up to ``EXPLICIT_MAX_POSITIONS``
+    positions and the query-chunked computation above (there the chunked GEMMs beat SDPA's CPU kernel, which
+    must repeat q·k for every head; in bf16 the kernel's blocked float32 softmax wins).
     ``True``: never the N × N matrix; ``False``: always the explicit reference.
     """
     if memory_light is False:
@@ -101,7 +113,7 @@ class PositionAttention(nn.Module):
     ``memory_light``: ``None`` (automatic, by the number of positions), ``True`` or ``False``.
     """
 
-    benchmark_label = "position attention without N×N (chunked on CPU, SDPA on CUDA)"
+    benchmark_label = "position attention without N×N (chunked on CPU float32, else SDPA)"
 
     def __init__(self, in_ch: int, memory_light: bool | None = None):
         super().__init__()
@@ -124,11 +136,13 @@ def channel_attention(x: torch.Tensor) -> torch.Tensor:
     """``softmax(rowmax(E) − E) X`` with ``E = X Xᵀ`` over the channels of ``x`` ``[B, C, H, W]``."""
     b, c, h, w = x.shape
     feats = x.reshape(b, c, -1)                                   # X: [B, C, N]
-    energy = torch.bmm(feats, feats.transpose(1, 2))              # E = X Xᵀ: [B, C, C]
-    # rowmax(E) − E as the reference writes it; softmax is shift-invariant, so this is softmax(−E).
-    energy_new = energy.max(dim=-1, keepdim=True)[0].expand_as(energy) - energy
-    attention = torch.softmax(energy_new, dim=-1)
-    return torch.bmm(attention, feats).view(b, c, h, w)
+    with float32_island(x):
+        wide = upcast(feats)
+        energy = torch.bmm(wide, wide.transpose(1, 2))            # E = X Xᵀ: [B, C, C], float32
+        # rowmax(E) − E as the reference writes it; softmax is shift-invariant, so this is softmax(−E).
+        energy_new = energy.max(dim=-1, keepdim=True)[0].expand_as(energy) - energy
+        attention = torch.softmax(energy_new, dim=-1)
+        return torch.bmm(attention.to(feats.dtype), feats).view(b, c, h, w)
 
 
 class ChannelAttention(nn.Module):

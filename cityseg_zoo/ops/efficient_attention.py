@@ -9,6 +9,10 @@ The paper (Xie et al. 2021, eq. 1-2) shortens the key/value sequence by the redu
 * :func:`efficient_attention` calls ``torch.nn.functional.scaled_dot_product_attention``, whose CPU (flash) and
   CUDA (flash / memory-efficient) kernels tile the computation and never hold that matrix. Same maths; the tests
   check both agree on odd sizes.
+
+Low precision: the reference computes ``q kᵀ`` and the softmax in float32 on float32 copies of q and k (see
+:mod:`cityseg_zoo.ops.precision`); the fused kernels take bf16/fp16 q, k, v and accumulate the scores and the
+softmax in float32 themselves (``tests/test_ops_fast.py`` checks it on scores that bf16 could not hold).
 """
 from __future__ import annotations
 
@@ -16,11 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .precision import float32_island, upcast
+
 
 def efficient_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``softmax(q kᵀ / √d) v`` for ``q`` ``[B, heads, N, d]`` and ``k``, ``v`` ``[B, heads, M, d]``."""
-    weights = torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1)
-    return weights @ v
+    with float32_island(q):
+        weights = torch.softmax(upcast(q) @ upcast(k).transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1)
+        return weights.to(v.dtype) @ v
 
 
 def efficient_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .precision import float32_island, upcast
 from .resize import resize
 
 
@@ -34,6 +35,7 @@ class SpatialGCN(nn.Module):
     With K, Q, V the 1x1 projections ``node_k/q/v`` (C -> C/2, bias) of X flattened to [N, C/2, HW]:
     ``A = softmax_row(Q Vᵀ)`` is [N, C/2, C/2]; the graph output ``R = (Kᵀ A)ᵀ`` is [N, C/2, HW];
     ``W_g`` = Conv1d(k=1, no bias) + BatchNorm1d (``conv_wg``, ``bn_wg``); ``out`` = conv1x1(C/2 -> C, bias) + BN.
+    In low precision the affinity ``Q Vᵀ`` (a sum over every pixel) and its softmax are computed in float32.
     """
 
     fold_pairs = (("conv_wg", "bn_wg"),)   # see DualGCN.fold_pairs
@@ -52,8 +54,9 @@ class SpatialGCN(nn.Module):
         k = self.node_k(x).flatten(2)   # [N, c, HW]
         q = self.node_q(x).flatten(2)
         v = self.node_v(x).flatten(2)
-        adjacency = torch.softmax(q @ v.transpose(1, 2), dim=2)          # [N, c, c]
-        r = (k.transpose(1, 2) @ adjacency).transpose(1, 2)               # [N, c, HW]
+        with float32_island(x):
+            adjacency = torch.softmax(upcast(q) @ upcast(v).transpose(1, 2), dim=2)     # [N, c, c], float32
+            r = (k.transpose(1, 2) @ adjacency.to(k.dtype)).transpose(1, 2)             # [N, c, HW]
         r = self.bn_wg(self.conv_wg(r)).reshape(k.shape[0], -1, *x.shape[-2:])
         return residual_relu(self.out(r), x)
 

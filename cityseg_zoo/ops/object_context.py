@@ -34,7 +34,7 @@ class SelfAttentionBlock(nn.Module):
     last row/column) and the context is resized back to the input size (bilinear, align_corners=True) after ``W``.
     """
 
-    benchmark_label = "object context without N×N (chunked on CPU, SDPA on CUDA)"
+    benchmark_label = "object context without N×N (chunked on CPU float32, else SDPA)"
 
     def __init__(self, in_ch: int, key_ch: int, value_ch: int, out_ch: int | None = None, scale: int = 1,
                  align_corners: bool = True):
@@ -64,7 +64,7 @@ class SelfAttentionBlock(nn.Module):
         key = self.f_key(x).flatten(2)                        # [N, d_k, hw]
         value = self.f_value(x).flatten(2)                    # [N, d_v, hw]
         # a_ij = softmax_j((q_i / sqrt(d_k)) · k_j); the shared dispatcher never builds the hw × hw matrix of
-        # a large map (query-chunked on CPU, SDPA kernels on CUDA).
+        # a large map (query-chunked on CPU in float32, SDPA kernels on CUDA and in bf16).
         context = position_attention((self.key_channels ** -0.5) * query, key, value).reshape(n, -1, h, w)
         context = self.W(context)
         if self.scale > 1:

@@ -107,13 +107,12 @@ class Mask2Former(Segmentor):
 
     def forward_logits_lowres(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        out = self.head(self.backbone(x))
-        return semantic_scores(out["pred_logits"], out["pred_masks"])
+        out = self.head(self.backbone(self._network_input(x)))
+        return semantic_scores(out["pred_logits"].float(), out["pred_masks"].float()).to(x.dtype)
 
     def forward(self, x: torch.Tensor):
         self._check_input(x)
-        with self._autocast(x):
-            out = self.head(self.backbone(x))
+        out = self.head(self.backbone(self._network_input(x)))
         if self.training:
             return out
         return semantic_inference(out["pred_logits"].float(), out["pred_masks"].float(), x.shape[-2:]).to(x.dtype)

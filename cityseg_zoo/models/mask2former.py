@@ -88,6 +88,7 @@ def semantic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor, si
     b, q, _ = class_logits.shape
     height, width = size
     probs = class_logits.softmax(-1)[..., :-1].transpose(1, 2)             # [B, K, Q]
+    mask_logits = mask_logits.contiguous()                                 # each chunk: whole [h, w] planes
     if torch.compiler.is_exporting():
         step = EXPORT_QUERY_CHUNK                                          # symbolic sizes: no size-dependent loop
     else:
@@ -95,9 +96,15 @@ def semantic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor, si
     out = None
     for start in range(0, q, step):
         up = F.interpolate(mask_logits[:, start:start + step], size=size, mode="bilinear",
-                           align_corners=ALIGN_CORNERS).sigmoid()
-        part = torch.bmm(probs[:, :, start:start + step], up.flatten(2))    # [B, K, H·W]
-        out = part if out is None else out + part
+                           align_corners=ALIGN_CORNERS)
+        up = up.sigmoid() if up.requires_grad else up.sigmoid_()
+        chunk = probs[:, :, start:start + step]
+        if out is None:
+            out = torch.bmm(chunk, up.flatten(2))                           # [B, K, H·W]
+        elif out.requires_grad or torch.compiler.is_exporting():
+            out = out + torch.bmm(chunk, up.flatten(2))
+        else:
+            out.baddbmm_(chunk, up.flatten(2))                              # accumulate in place
     return out.view(b, -1, height, width)
 
 

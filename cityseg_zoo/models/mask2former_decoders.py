@@ -96,7 +96,7 @@ class MultiScaleDeformableAttention(nn.Module):
         weights = self.attention_weights(query).view(b, q, self.heads, self.levels * self.points)
         weights = weights.softmax(-1).view(b, q, self.heads, self.levels, self.points)
         # Offsets are in pixels of each level: divide by its (W, H) to move in normalised coordinates.
-        normalizer = torch.tensor([[w, h] for h, w in shapes], dtype=torch.long, device=query.device)
+        normalizer = torch.tensor([[w, h] for h, w in shapes], dtype=offsets.dtype, device=query.device)
         locations = torch.addcdiv(reference_points[:, :, None, None, None, :], offsets,
                                   normalizer[None, None, None, :, None, :])   # ref + offsets / normalizer
         return self.output_proj(multi_scale_deformable_attention(value, shapes, locations, weights))

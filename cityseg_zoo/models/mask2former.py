@@ -26,6 +26,16 @@ in the ``transformers`` layout (``model.pixel_level_module.encoder.*``, ``model.
 ``model.transformer_module.*``, ``class_predictor.*``); from the manifest, a local file, or a transformers folder
 whose ``config.json`` is checked against the architecture first. ``num_classes=K'`` re-initialises only the class
 predictor (``K' + 1`` outputs).
+
+Inference switch (:func:`cityseg_zoo.optimize.optimize_for_inference`): the Swin blocks take their gathered-window
+path (:mod:`cityseg_zoo.backbones.swin`), the deformable encoder layers add their residuals in place and run the
+FFN in row chunks, and the transformer decoder keeps only the last prediction, predicting each earlier mask directly
+at the level its next layer attends (``_forward_inference``); eval outputs then hold no ``aux_outputs``. The
+multi-scale deformable attention runs on :mod:`cityseg_zoo.ops.deformable_attention`'s fast path in every mode.
+
+ONNX / ``torch.export``: at a fixed input size (``to_onnx(..., dynamic_hw=False)``, or ``None``, which falls back to
+it with a warning); a dynamic height/width export raises :class:`~cityseg_zoo.export.ExportError` (the Swin window
+padding, see ``backbones/swin.py``).
 """
 from __future__ import annotations
 

@@ -319,9 +319,10 @@ class MaskedAttentionDecoder(nn.Module):
             memory_pos.append(_tokens(sine_position_embedding(h, w, feature.shape[1] // 2, feature.device,
                                                               feature.dtype)))
             memory.append(_tokens(feature) + self.level_embed.weight[i])   # no input projection: D == hidden
-        query_pos = self.query_embed.weight.unsqueeze(0).expand(b, -1, -1)
-        x = self.query_feat.weight.unsqueeze(0).expand(b, -1, -1)
-        if self.inference and not x.requires_grad:
+        # copies, not expanded views: a view of a parameter made under inference_mode still "requires grad"
+        query_pos = self.query_embed.weight.unsqueeze(0).repeat(b, 1, 1)
+        x = self.query_feat.weight.unsqueeze(0).repeat(b, 1, 1)
+        if self.inference and not mask_features.requires_grad:
             return self._forward_inference(x, query_pos, memory, memory_pos, sizes, mask_features)
         states = [self.decoder_norm(x)]
         masks = [self.predict_masks(states[0], mask_features)]

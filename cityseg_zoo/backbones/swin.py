@@ -22,7 +22,15 @@ transformers checkpoints hold ``query`` / ``key`` / ``value`` separately). This 
 transformers' ``SwinBackbone`` on odd sizes (``tests/test_mask2former.py``).
 
 Window attention runs through ``F.scaled_dot_product_attention`` with the relative position bias (plus the shift
-mask in shifted blocks) as its float ``attn_mask``; the bias and mask of one input size are built once per stage.
+mask in shifted blocks) as its float ``attn_mask``; the shift mask of one input size is built once per stage.
+
+Inference path (``SwinBlock.fuse_for_inference``, run by the inference switch): q, k and v are one GEMM on the real
+tokens only (a pad token's q/k/v is the bias); pad, shift and partition become one precomputed gather
+(:class:`WindowPlan`), and the reverse one ``index_add_`` of the projected output into the residual stream, run by
+run of windows so that the windows' q/k/v exist a few hundred windows at a time; only the last window row and
+column (where the shift's regions meet) get a bias + mask tensor, the others the bias broadcast (at Swin-L's stage
+1 of a 1024x2048 image: 32 MiB instead of 470 MiB); the MLP runs in row chunks with GELU and the residuals in place.
+``tests/test_mask2former.py`` checks it against the reference blocks on odd sizes.
 """
 from __future__ import annotations
 
@@ -35,7 +43,9 @@ from torch import nn
 
 from ..export import ExportError
 from ..ops.heads import merge_heads, split_heads
+
 MLP_CHUNK_ROWS = 1 << 14   # tokens per step of the inference path's MLP (Swin-L stage 1: a 48 MiB hidden block)
+WINDOW_CHUNK_TOKENS = 1 << 15   # window tokens per step of the inference path's attention (Swin-L: 72 MiB of q/k/v)
 SHIFT_MASK_VALUE = -100.0   # the reference's value for token pairs of different shift regions (not -inf)
 DYNAMIC_EXPORT_ERROR = (
     "Swin's window attention cannot be exported with dynamic height/width: every block zero-pads its map to a "
@@ -113,12 +123,14 @@ class WindowPlan:
     value a zero-padded position takes). ``gather`` lists, window after window, the table row of every window
     token: the pad, the cyclic shift and the window partition of the reference in one index. The windows that no
     shift mask touches come first (``plain`` of them: all in an unshifted block); the last window row and column,
-    where the shift's regions meet, follow with their ``mask``. ``inverse`` is the position of every real token in
-    that window order (the reverse partition, shift and crop in one index).
+    where the shift's regions meet, follow with their ``mask`` (``[windows - plain, w², w²]``). ``chunks`` splits
+    the windows into runs of a bounded size, never across ``plain``: ``(first, end, src, dst)``, where ``src`` are
+    the positions of the run's real tokens among its window tokens and ``dst`` their rows in the ``[B · H·W, C]``
+    sequence (the reverse partition, shift and crop in one index).
     """
 
     gather: torch.Tensor
-    inverse: torch.Tensor
+    chunks: list[tuple[int, int, torch.Tensor, torch.Tensor]]
     plain: int
     mask: torch.Tensor | None
 
@@ -133,27 +145,29 @@ def window_plan(batch: int, height: int, width: int, window: int, shift: int, de
     token = torch.where((src_r[:, None] < height) & (src_c[None, :] < width), src_r[:, None] * width + src_c[None, :],
                         height * width)
     windows = token.view(rows, window, cols, window).transpose(1, 2).reshape(rows * cols, window * window)
-    mask = None
+    mask, n_plain = None, rows * cols
     if shift:
         grid = torch.arange(rows * cols, device=device).view(rows, cols)
         edge = torch.zeros(rows, cols, dtype=torch.bool, device=device)
         edge[-1, :] = True
         edge[:, -1] = True
-        order = torch.cat([grid[~edge], grid[edge]])
-        windows = windows[order]
+        windows = windows[torch.cat([grid[~edge], grid[edge]])]
         mask = shift_mask(padded_h, padded_w, window, shift, device)[grid[edge]].repeat(batch, 1, 1)
-        plain = int((~edge).sum()) * batch
-    else:
-        plain = rows * cols * batch
-    per_image = height * width + 1
+        n_plain = int((~edge).sum())
+    per_image, n = height * width + 1, window * window
     offsets = torch.arange(batch, device=device).view(-1, 1, 1) * per_image
-    n_plain = plain // batch
     gather = torch.cat([(windows[:n_plain] + offsets).flatten(), (windows[n_plain:] + offsets).flatten()])
-    real = gather % per_image != height * width
-    image, position = gather[real] // per_image, gather[real] % per_image
-    inverse = torch.empty(batch * height * width, dtype=torch.long, device=device)
-    inverse[image * (height * width) + position] = torch.arange(gather.numel(), device=device)[real]
-    return WindowPlan(gather, inverse, plain, mask)
+    plain, total = n_plain * batch, gather.numel() // n
+    step = max(1, WINDOW_CHUNK_TOKENS // n)
+    chunks = []
+    for lo, hi in ((0, plain), (plain, total)):
+        for first in range(lo, hi, step):
+            end = min(first + step, hi)
+            rows_ = gather[first * n:end * n]
+            real = rows_ % per_image != height * width
+            dst = (rows_[real] // per_image) * (height * width) + rows_[real] % per_image
+            chunks.append((first, end, real.nonzero().squeeze(1), dst))
+    return WindowPlan(gather, chunks, plain, mask)
 
 
 class WindowAttention(nn.Module):
@@ -184,20 +198,14 @@ class WindowAttention(nn.Module):
             bias = (bias + mask.unsqueeze(1)).repeat(windows.shape[0] // nw, 1, 1, 1)   # [B · nW, heads, N, N]
         return self.proj(merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))))
 
-    def attend_planned(self, windows: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
-        """Inference path: ``windows [nW', w², 3C]`` (fused q, k, v in ``plan`` order) -> ``[nW' · w², C]`` before
-        ``proj``. The plain windows take the bias alone (broadcast), so the ``[nW, heads, w², w²]`` bias + mask
-        tensor of the reference exists only for the last window row and column."""
+    def attend_windows(self, windows: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Inference path: ``windows [n, w², 3C]`` (fused q, k, v), ``mask [n, w², w²]`` or ``None`` (the bias
+        alone, broadcast) -> ``[n · w², C]`` before ``proj``."""
         n_win, n, _ = windows.shape
         q, k, v = windows.view(n_win, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        bias = self.position_bias().unsqueeze(0).to(q.dtype)
-        if plan.mask is None or plan.plain == n_win:
-            return merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=bias)).flatten(0, 1)
-        p = plan.plain
-        masked = (bias + plan.mask.unsqueeze(1)).to(q.dtype)
-        plain_out = F.scaled_dot_product_attention(q[:p], k[:p], v[:p], attn_mask=bias)
-        edge_out = F.scaled_dot_product_attention(q[p:], k[p:], v[p:], attn_mask=masked)
-        return torch.cat([merge_heads(plain_out), merge_heads(edge_out)]).flatten(0, 1)
+        bias = self.position_bias().unsqueeze(0)
+        bias = (bias if mask is None else bias + mask.unsqueeze(1)).to(q.dtype)
+        return merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=bias)).flatten(0, 1)
 
 
 class Mlp(nn.Module):
@@ -249,8 +257,9 @@ class SwinBlock(nn.Module):
 
     def _forward_inference(self, x: torch.Tensor, height: int, width: int, plan: WindowPlan) -> torch.Tensor:
         """The same block on gathered windows: q/k/v as one GEMM on the real tokens only (a pad token's q/k/v is
-        the bias), the pad/shift/partition and their inverse as two index gathers, the residual stream updated in
-        place, the MLP in row chunks with GELU in place (inference only: nothing is recorded for autograd)."""
+        the bias); per run of windows, the pad/shift/partition as one gather and, after ``proj``, the reverse as one
+        ``index_add_`` into the residual stream; the MLP in row chunks with GELU in place (inference only: nothing
+        is recorded for autograd). The only edge windows get the bias + shift mask tensor."""
         b, n, c = x.shape
         stream = x.reshape(b * n, c)
         normed = self.norm1(stream).view(b, n, c)
@@ -259,12 +268,14 @@ class SwinBlock(nn.Module):
             torch.addmm(self.qkv_bias, normed[i], self.qkv_weight.t(), out=table[i, :n])
         table[:, n] = self.qkv_bias
         del normed
-        windows = table.view(-1, 3 * c).index_select(0, plan.gather).view(-1, self.window ** 2, 3 * c)
+        table, tokens, proj = table.view(-1, 3 * c), self.window ** 2, self.attn.proj
+        stream.add_(proj.bias)
+        for first, end, src, dst in plan.chunks:
+            windows = table.index_select(0, plan.gather[first * tokens:end * tokens]).view(-1, tokens, 3 * c)
+            mask = None if first < plan.plain else plan.mask[first - plan.plain:end - plan.plain]
+            attended = self.attn.attend_windows(windows, mask)
+            stream.index_add_(0, dst, torch.mm(attended.index_select(0, src), proj.weight.t()))
         del table
-        attended = self.attn.attend_planned(windows, plan)
-        del windows
-        stream.add_(self.attn.proj.bias).addmm_(attended.index_select(0, plan.inverse), self.attn.proj.weight.t())
-        del attended
         fc1, fc2 = self.mlp.fc1, self.mlp.fc2
         for start in range(0, b * n, MLP_CHUNK_ROWS):
             part = stream[start:start + MLP_CHUNK_ROWS]
@@ -281,6 +292,10 @@ class SwinBlock(nn.Module):
         a = self.attn
         self.register_buffer("qkv_weight", torch.cat([a.q.weight, a.k.weight, a.v.weight]), persistent=False)
         self.register_buffer("qkv_bias", torch.cat([a.q.bias, a.k.bias, a.v.bias]), persistent=False)
+        for i, lin in enumerate((a.q, a.k, a.v)):   # views of the fused tensors: the weights are not held twice
+            c = lin.out_features
+            lin.weight = nn.Parameter(self.qkv_weight[i * c:(i + 1) * c], requires_grad=False)
+            lin.bias = nn.Parameter(self.qkv_bias[i * c:(i + 1) * c], requires_grad=False)
         self.inference = True
 
 

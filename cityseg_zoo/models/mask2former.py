@@ -26,6 +26,16 @@ in the ``transformers`` layout (``model.pixel_level_module.encoder.*``, ``model.
 ``model.transformer_module.*``, ``class_predictor.*``); from the manifest, a local file, or a transformers folder
 whose ``config.json`` is checked against the architecture first. ``num_classes=K'`` re-initialises only the class
 predictor (``K' + 1`` outputs).
+
+Inference switch (:func:`cityseg_zoo.optimize.optimize_for_inference`): the Swin blocks take their gathered-window
+path (:mod:`cityseg_zoo.backbones.swin`), the deformable encoder layers add their residuals in place and run the
+FFN in row chunks, and the transformer decoder keeps only the last prediction, predicting each earlier mask directly
+at the level its next layer attends (``_forward_inference``); eval outputs then hold no ``aux_outputs``. The
+multi-scale deformable attention runs on :mod:`cityseg_zoo.ops.deformable_attention`'s fast path in every mode.
+
+ONNX / ``torch.export``: at a fixed input size (``to_onnx(..., dynamic_hw=False)``, or ``None``, which falls back to
+it with a warning); a dynamic height/width export raises :class:`~cityseg_zoo.export.ExportError` (the Swin window
+padding, see ``backbones/swin.py``).
 """
 from __future__ import annotations
 
@@ -88,6 +98,7 @@ def semantic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor, si
     b, q, _ = class_logits.shape
     height, width = size
     probs = class_logits.softmax(-1)[..., :-1].transpose(1, 2)             # [B, K, Q]
+    mask_logits = mask_logits.contiguous()                                 # each chunk: whole [h, w] planes
     if torch.compiler.is_exporting():
         step = EXPORT_QUERY_CHUNK                                          # symbolic sizes: no size-dependent loop
     else:
@@ -95,9 +106,15 @@ def semantic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor, si
     out = None
     for start in range(0, q, step):
         up = F.interpolate(mask_logits[:, start:start + step], size=size, mode="bilinear",
-                           align_corners=ALIGN_CORNERS).sigmoid()
-        part = torch.bmm(probs[:, :, start:start + step], up.flatten(2))    # [B, K, H·W]
-        out = part if out is None else out + part
+                           align_corners=ALIGN_CORNERS)
+        up = up.sigmoid() if up.requires_grad else up.sigmoid_()
+        chunk = probs[:, :, start:start + step]
+        if out is None:
+            out = torch.bmm(chunk, up.flatten(2))                           # [B, K, H·W]
+        elif out.requires_grad or torch.compiler.is_exporting():
+            out = out + torch.bmm(chunk, up.flatten(2))
+        else:
+            out.baddbmm_(chunk, up.flatten(2))                              # accumulate in place
     return out.view(b, -1, height, width)
 
 

@@ -41,9 +41,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import cityseg_zoo
+from cityseg_zoo.cli.benchmark import count_gflops
 from cityseg_zoo.inference import EvalProtocol, predict, slide_windows
 
 MANIFEST = Path(cityseg_zoo.__file__).parent / "weights_manifest.json"
@@ -101,16 +101,6 @@ def estimated_pixels(protocol: EvalProtocol, size: tuple[int, int]) -> int:
     if protocol.mode == "whole":
         return sum(int(size[0] * s + 0.5) * int(size[1] * s + 0.5) for s in protocol.scales) * (1 + protocol.flip)
     return sum(crops_per_scale(protocol, *size)) * protocol.crop_size[0] * protocol.crop_size[1]
-
-
-def forward_gflops(arch: str, size: tuple[int, int]) -> float:
-    """GFLOPs of one forward at ``size``, batch 1 (multiply-add = 2), counted on the meta device."""
-    with torch.device("meta"):
-        model = cityseg_zoo.create_model(arch).eval()
-        x = torch.empty(1, 3, *size)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x)
-    return counter.get_total_flops() / 1e9
 
 
 def gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -171,12 +161,12 @@ def measure(protocol: EvalProtocol, users: list[tuple[str, str]], size: tuple[in
     crop = tuple(protocol.crop_size) if protocol.mode == "slide" else None
     counts = crops_per_scale(protocol, height, width)
     if crop is not None:
-        costs = {arch: forward_gflops(arch, crop) for arch in sorted({a for _, a in users})}
+        costs = {arch: count_gflops(arch, crop) for arch in sorted({a for _, a in users})}
         arch = min(costs, key=costs.get)
         gflops = costs[arch] * sum(counts)
     else:  # one forward per scale at the scaled image size
         sizes = [(int(height * s + 0.5), int(width * s + 0.5)) for s in protocol.scales]
-        costs = {arch: sum(forward_gflops(arch, s) for s in sizes) for arch in sorted({a for _, a in users})}
+        costs = {arch: sum(count_gflops(arch, s) for s in sizes) for arch in sorted({a for _, a in users})}
         arch = min(costs, key=costs.get)
         gflops = costs[arch] * (2 if protocol.flip else 1)
     row = Row(str(protocol), [w for w, _ in users], arch, sum(counts), list(crop or size), gflops)

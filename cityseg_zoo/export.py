@@ -95,6 +95,8 @@ def export_program(model: nn.Module, example: torch.Tensor, dynamic_hw: bool = T
             with torch.no_grad():
                 program.module()(probe)
         return program
+    except ExportError:
+        raise                       # a model's own export error says what stops it
     except Exception as err:
         if dynamic_hw and _is_constraint_error(err):
             raise ExportError(f"{_architecture(model)} cannot be exported with dynamic height/width: the traced code "

@@ -82,7 +82,8 @@ class Segmentor(nn.Module):
     def num_classes(self) -> int:
         for name in (self.arch_spec.classifiers if self.arch_spec is not None else ()):
             module = self.get_submodule(name)
-            return getattr(module, "out_channels", None) or getattr(module, "out_features")
+            outputs = getattr(module, "out_channels", None) or getattr(module, "out_features")
+            return outputs - self.arch_spec.classifier_extra_outputs   # Mask2Former: K + 1 ("no object")
         raise AttributeError("a Segmentor without an ArchSpec does not know its classifier")
 
     @property

@@ -63,6 +63,8 @@ class ArchSpec:
         input: how the reference normalised its input (channel order, scale, mean, std).
         classifiers: module paths (``head.classifier``, ``aux_head.4``) of the layers with one output per class;
             these, and only these, are re-initialised when a checkpoint is loaded with another class count.
+        classifier_extra_outputs: outputs of each classifier beyond the class count (Mask2Former's class
+            predictor has ``K + 1``: its last output is "no object"); 0 for per-pixel classifiers.
         layouts: checkpoint key layouts the architecture loads (besides the zoo's own).
         align_corners: of the final upsampling of the logits to the input size.
         head_stride: stride of the head's logits (``forward_logits_lowres``) relative to the input.
@@ -76,6 +78,7 @@ class ArchSpec:
     input: Normalization
     classifiers: tuple[str, ...]
     layouts: tuple[Layout, ...] = ()
+    classifier_extra_outputs: int = 0
     align_corners: bool = True
     head_stride: int = 8
     min_input_size: int = 1
@@ -89,6 +92,8 @@ class ArchSpec:
             raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
         if not self.classifiers:
             raise ValueError("an ArchSpec must declare its classifier modules")
+        if self.classifier_extra_outputs < 0:
+            raise ValueError(f"classifier_extra_outputs must be >= 0, got {self.classifier_extra_outputs}")
 
     @property
     def doc(self) -> str:
@@ -119,6 +124,7 @@ class ArchSpec:
         return {"reference": self.reference, "paper": self.paper, "family": self.family,
                 "input": self.input.as_dict(), "align_corners": self.align_corners, "head_stride": self.head_stride,
                 "min_input_size": self.min_input_size, "classifiers": list(self.classifiers),
+                "classifier_extra_outputs": self.classifier_extra_outputs,
                 "layouts": [lay.name for lay in self.layouts],
                 "recipe": self.recipe.as_dict() if self.recipe is not None else None}
 

@@ -17,6 +17,7 @@ from cityseg_zoo.inference import predict
 from cityseg_zoo.ops import attention, gated_fusion, triton_kernels
 from cityseg_zoo.ops.gald import GALDBlock
 from cityseg_zoo.ops.object_context import SelfAttentionBlock
+from test_ops_fast import randomised
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -37,19 +38,6 @@ def ieee_float32():
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
-
-
-def randomised(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Random weights and norm statistics everywhere (zero-initialised gammas would hide the ops)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-        for m in module.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return module.eval()
 
 
 # ---------------------------------------------------------------- Triton kernels on the GPU

@@ -35,9 +35,11 @@ def test_declared_classifiers_are_exactly_the_layers_with_one_output_per_class()
     for name in cityseg_zoo.list_models():
         with torch.device("meta"):
             model = arch_spec(name).builder(num_classes=7)
-        per_class = {n for n, m in model.named_modules()
-                     if isinstance(m, (nn.Conv2d, nn.Linear)) and getattr(m, "out_channels", None) == 7}
+        outputs = 7 + model.arch_spec.classifier_extra_outputs   # Mask2Former: + 1 "no object"
+        per_class = {n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+                     and (getattr(m, "out_channels", None) or getattr(m, "out_features", None)) == outputs}
         assert per_class == set(model.arch_spec.classifiers), name
+        assert model.num_classes == 7, name
 
 
 def _checkpoint(arch: str, tmp_path) -> tuple[dict, bytes, dict]:

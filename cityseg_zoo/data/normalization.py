@@ -46,3 +46,6 @@ CAFFE_BGR = Normalization("BGR", 1.0, (104.008, 116.669, 122.679), (1.0, 1.0, 1.
 OCNET_RGB = Normalization("RGB", 1.0, (102.98, 115.95, 122.77), (1.0, 1.0, 1.0))
 # mmsegmentation SegDataPreProcessor: RGB (bgr_to_rgb=True), 0-255, ImageNet mean/std scaled by 255.
 MMSEG_RGB = Normalization("RGB", 1.0, (123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
+# detectron2's Mask2Former configs (MODEL.PIXEL_MEAN / PIXEL_STD, INPUT.FORMAT "RGB"): 0-255 RGB, the same numbers
+# as mmsegmentation's.
+DETECTRON2_RGB = MMSEG_RGB

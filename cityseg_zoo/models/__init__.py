@@ -11,3 +11,4 @@ from . import deeplabv3plus  # noqa: F401
 from . import gffnet  # noqa: F401
 from . import mmseg  # noqa: F401
 from . import segformer  # noqa: F401
+from . import mask2former  # noqa: F401

@@ -47,6 +47,24 @@ def plan(args: argparse.Namespace) -> dict[str, list[Point]]:
     return {"latency": latency, "memory": memory, "sweep": sweep}
 
 
+def machine() -> str:
+    """CPU model and whether it has AMX / AVX-512 bf16 (what the bf16 rows' speed depends on), torch version."""
+    import platform
+
+    import torch
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name") and ":" in line:
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and ":" in line:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name}, bf16 instructions: {', '.join(bf16) or 'none'}, torch {torch.__version__}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=MODELS)
@@ -84,8 +102,9 @@ def main() -> int:
               "memory": "Peak memory at the large size (one cold forward per fresh process)",
               "sweep": "Area sweep (one forward after 1 warm-up)"}
     # Two shared cores: another process's load slows every row (and the ceilings measured beside them).
-    load = (f"1-minute load average before / after the run: {load_before:.1f} / {load_after:.1f} "
-            f"({os.cpu_count()} CPUs visible).\n\n")
+    load = (f"Machine: {machine()}, {os.cpu_count()} CPUs visible, torch threads "
+            f"{args.threads or 'default'}. 1-minute load average before / after the run: {load_before:.1f} / "
+            f"{load_after:.1f}.\n\n")
     table = load + "\n".join(f"### {titles[name]}\n\n{markdown_table(points, gflops)}"
                              for name, points in sections.items() if points)
     print(table)

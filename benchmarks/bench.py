@@ -8,7 +8,9 @@ from ``gemm_ceiling``, measured in that row's process before and after its model
 also give the logits difference and the argmax changes against the float32 switch of the same weights on the same
 input. Writes ``<output>.md``, ``<output>.json`` and ``<output>.png``.
 
-    python benchmarks/bench.py                         # the full table (about 30 min on a quiet 2-core CPU)
+    python benchmarks/bench.py                         # the full table (~25 min on a quiet 2-core CPU before
+                                                       # the bf16 rows and the per-point ceilings were added)
+    python benchmarks/bench.py --memory-models pspnet_r101 danet_r101   # fewer 1024x2048 points
     python benchmarks/bench.py --compile               # plus a torch.compile row per model (add ~30 min)
     python benchmarks/bench.py --quick                 # a two-model smoke run at small sizes (about 2 min)
     python benchmarks/bench.py --device cuda --dtype bfloat16 --sizes-memory 1024x2048   # on a GPU
@@ -40,11 +42,30 @@ def plan(args: argparse.Namespace) -> dict[str, list[Point]]:
                      device=args.device, dtype=dtype, threads=args.threads, compare_fp32=dtype != "float32")
                for m in args.models for mode, dtype, compiled in modes]
     # One forward is enough for the peak memory of a fresh process; its time is reported but is a cold run.
-    memory = [Point(m, s, "optimized", warmup=0, repeats=1, **common) for s in args.sizes_memory for m in args.models]
+    memory_models = args.models if args.memory_models is None else args.memory_models
+    memory = [Point(m, s, "optimized", warmup=0, repeats=1, **common) for s in args.sizes_memory for m in memory_models]
     memory += [Point(m, s, "eager", warmup=0, repeats=1, **common) for s in args.sizes_memory
                for m in args.eager_memory_models]
     sweep = [Point(m, s, "optimized", warmup=1, repeats=1, **common) for s in args.sizes_sweep for m in args.models]
     return {"latency": latency, "memory": memory, "sweep": sweep}
+
+
+def machine() -> str:
+    """CPU model and whether it has AMX / AVX-512 bf16 (what the bf16 rows' speed depends on), torch version."""
+    import platform
+
+    import torch
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name") and ":" in line:
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and ":" in line:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name}, bf16 instructions: {', '.join(bf16) or 'none'}, torch {torch.__version__}"
 
 
 def main() -> int:
@@ -54,6 +75,8 @@ def main() -> int:
     parser.add_argument("--sizes-memory", nargs="*", type=parse_size, default=[(1024, 2048)])
     parser.add_argument("--sizes-sweep", nargs="*", type=parse_size, default=[(256, 512), (768, 1536)],
                         help="extra sizes for the plot (the latency and memory sizes are plotted too)")
+    parser.add_argument("--memory-models", nargs="*", default=None,
+                        help="models measured (optimised) at the memory sizes (default: every model)")
     parser.add_argument("--eager-memory-models", nargs="*", default=["danet_r101"],
                         help="models also measured eager at the memory sizes")
     parser.add_argument("--repeats", type=int, default=3)
@@ -70,7 +93,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fcn_r50 + danet_r50 at 129x257 / 257x513")
     args = parser.parse_args()
     if args.quick:
-        args.models, args.eager_memory_models = ["fcn_r50", "danet_r50"], ["danet_r50"]
+        args.models, args.memory_models, args.eager_memory_models = ["fcn_r50", "danet_r50"], None, ["danet_r50"]
         args.size_latency, args.sizes_memory, args.sizes_sweep, args.repeats = (129, 257), [(257, 513)], [], 2
 
     load_before = os.getloadavg()[0]
@@ -84,8 +107,10 @@ def main() -> int:
               "memory": "Peak memory at the large size (one cold forward per fresh process)",
               "sweep": "Area sweep (one forward after 1 warm-up)"}
     # Two shared cores: another process's load slows every row (and the ceilings measured beside them).
-    load = (f"1-minute load average before / after the run: {load_before:.1f} / {load_after:.1f} "
-            f"({os.cpu_count()} CPUs visible).\n\n")
+    command = " ".join(["python benchmarks/bench.py", *sys.argv[1:]])
+    load = (f"Made by `{command}`. Machine: {machine()}, {os.cpu_count()} CPUs visible, torch threads "
+            f"{args.threads or 'default'}. 1-minute load average before / after the run: {load_before:.1f} / "
+            f"{load_after:.1f}.\n\n")
     table = load + "\n".join(f"### {titles[name]}\n\n{markdown_table(points, gflops)}"
                              for name, points in sections.items() if points)
     print(table)

@@ -158,9 +158,9 @@ def optimize_for_inference(model: nn.Module, *, fold_bn: bool = True, channels_l
         dtype: ``torch.bfloat16`` / ``torch.float16`` convert every weight and buffer to that dtype (after
             folding, so the folded weights are rounded once) and run the backbone and head on the input cast to
             it; ``None`` keeps float32. The conversion beats ``torch.autocast``, which re-casts every weight on
-            every call: at 512x1024 on a 2-core AMX CPU, FCN-R101 took 4.8-5.1 s converted against 5.5-6.3 s
-            under autocast, the same logits (3 runs each, a loaded machine; the float32 switch took 18-22 s in
-            that same process).
+            every call (a quarter of the bf16 forward's time in the profile): FCN-R101 at 512x1024 on one thread
+            of an AMX CPU took 2.1-2.6 s converted against 2.6-2.9 s under autocast of the float32 switch, with
+            the same logits (two interleaved rounds of 3 runs each; the float32 switch: 9.5-10.2 s).
 
     What stays in float32 with a low ``dtype`` (everything else, norms included, runs in ``dtype``):
 

@@ -24,7 +24,7 @@ _LOW = (torch.bfloat16, torch.float16)
 def float32_island(t: torch.Tensor):
     """A context in which autocast, if it is on for ``t``'s device, is off: ops run in their inputs' dtypes."""
     device = t.device.type
-    if torch.is_autocast_enabled(device):
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):   # not on "meta"
         return torch.autocast(device, enabled=False)
     return contextlib.nullcontext()
 

@@ -25,6 +25,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .ops.dilated_conv import use_row_gemms
 from .ops.norm import ABN
 
 _CONVS = (nn.Conv1d, nn.Conv2d)
@@ -177,7 +178,9 @@ def optimize_for_inference(model: nn.Module, *, fold_bn: bool = True, channels_l
       (``forward_logits_lowres`` returns float32 too).
 
     GALD's aggregation and the GCN feature-space projections have no softmax and run in ``dtype``; the Triton
-    kernels (CUDA) load any dtype, compute in float32 and store in the inputs' dtype.
+    kernels (CUDA) load any dtype, compute in float32 and store in the inputs' dtype. On CPU the wide dilated
+    3x3 convs (ASPP's 2048 -> 256 at dilations 12/24/36) run as row GEMMs with float32 accumulation
+    (:mod:`cityseg_zoo.ops.dilated_conv`), where oneDNN's bf16 kernel is 4-12x slower.
     """
     if dtype not in (None, torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"dtype must be None, torch.float32, torch.bfloat16 or torch.float16, got {dtype!r}")
@@ -196,9 +199,11 @@ def optimize_for_inference(model: nn.Module, *, fold_bn: bool = True, channels_l
     if channels_last:
         model.to(memory_format=torch.channels_last)
         model.register_forward_pre_hook(_to_channels_last)
+    row_gemm_convs = 0
     if dtype is not None and dtype != torch.float32:
         model.to(dtype)                    # weights and buffers: no per-call casts
         model.inference_dtype = dtype      # read by Segmentor.forward: the input is cast to it
+        row_gemm_convs = use_row_gemms(model)   # ASPP's wide dilated convs, where oneDNN's bf16 kernel is slow
     if compile:
         import torch._inductor.config as inductor_config
         inductor_config.freezing = True    # constant-fold the (now frozen) weights into the compiled graph
@@ -208,5 +213,6 @@ def optimize_for_inference(model: nn.Module, *, fold_bn: bool = True, channels_l
                     "inference_optimized": {"fold_bn": fold_bn, "folded_norms": folded, "fused_modules": fused,
                                             "kept_features": sorted(kept) if kept is not None else None,
                                             "channels_last": channels_last,
-                                            "compile": compile, "dtype": str(dtype) if dtype else None}}
+                                            "compile": compile, "dtype": str(dtype) if dtype else None,
+                                            "row_gemm_convs": row_gemm_convs}}
     return model

@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-from cityseg_zoo.ops import attention, criss_cross, efficient_attention, gated_fusion
+from cityseg_zoo.ops import attention, criss_cross, dilated_conv, efficient_attention, gated_fusion
 from cityseg_zoo.ops.gald import GALDBlock
 from cityseg_zoo.ops.gcn import DualGCN
 from cityseg_zoo.ops.object_context import SelfAttentionBlock
@@ -217,6 +217,40 @@ def test_bf16_energies_would_fail_the_float32_softmax_check():
     energy = torch.bmm(q.transpose(1, 2), k).bfloat16().double()          # what a bf16 energy GEMM returns
     rounded = torch.bmm(v.double(), torch.softmax(energy, dim=-1).transpose(1, 2))
     assert rel(rounded, expected) > 5e-2
+
+
+# ---------------------------------------------------------------- wide dilated convs as row GEMMs (bf16 ASPP)
+
+@pytest.mark.parametrize("size, dilation", [((9, 13), 4), ((9, 13), 12), ((7, 30), 12), ((5, 6), 36), ((13, 1), 4)])
+def test_dilated_conv_row_gemms_equal_the_convolution(size, dilation):
+    """Odd sizes, taps that land partly, or entirely (dilation 36 on a 5x6 map), in the zero padding, batch 2."""
+    g = torch.Generator().manual_seed(24)
+    x = torch.randn(2, 16, *size, generator=g).bfloat16().contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(8, 16, 3, 3, generator=g).bfloat16(), torch.randn(8, generator=g).bfloat16()
+    expected = torch.nn.functional.conv2d(x.double(), weight.double(), bias.double(), padding=dilation,
+                                          dilation=dilation)
+    out = dilated_conv.conv3x3_row_gemms(x, weight, bias, dilation)
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
+    assert rel(out, expected) <= 1e-2
+    assert rel(dilated_conv.conv3x3_row_gemms(x.float(), weight.float(), bias.float(), dilation), expected) <= 1e-6
+
+
+def test_only_wide_dilated_convs_take_row_gemms_and_only_in_low_precision():
+    aspp = torch.nn.Conv2d(1024, 8, 3, padding=12, dilation=12)
+    assert dilated_conv.takes_row_gemms(aspp)
+    for conv in (torch.nn.Conv2d(512, 8, 3, padding=12, dilation=12),      # ResNet layer4 widths: oneDNN wins
+                 torch.nn.Conv2d(1024, 8, 3, padding=2, dilation=2), torch.nn.Conv2d(1024, 8, 1),
+                 torch.nn.Conv2d(1024, 8, 3, padding=12, dilation=12, groups=2)):
+        assert not dilated_conv.takes_row_gemms(conv)
+    model = torch.nn.Sequential(aspp, torch.nn.Conv2d(512, 8, 3, padding=12, dilation=12))
+    assert dilated_conv.use_row_gemms(model) == 1 and isinstance(model[0], dilated_conv.DilatedConv2d)
+    x = torch.randn(1, 1024, 9, 11)
+    with torch.no_grad():
+        assert torch.equal(model[0](x), torch.nn.functional.conv2d(x, aspp.weight, aspp.bias, padding=12, dilation=12))
+        model[0].bfloat16()
+        low = x.bfloat16().contiguous(memory_format=torch.channels_last)
+        assert rel(model[0](low), torch.nn.functional.conv2d(low, aspp.weight, aspp.bias, padding=12,
+                                                             dilation=12)) <= 1e-2
 
 
 # ---------------------------------------------------------------- element-wise chains (GFF, GALD, DGCNet)

@@ -15,10 +15,11 @@ What each variant runs on a ``1 x 3 x H x W`` float32 input:
 Each variant runs in its own fresh Python process, so its peak RSS (``ru_maxrss``: interpreter, libraries, weights
 and activations) is its own. Every process uses the same thread count (``--threads``, default 2), float32, batch 1;
 latency is the median of ``--repeats`` runs after ``--warmup`` untimed ones (Swin-L at 1024x2048: 1 + 2). All load
-one folder written by transformers' ``save_pretrained`` (seeded random weights). The same run measures a 2048³
-float32 matmul (the practical GEMM peak of this machine, before and after the models) and counts each variant's
-FLOPs with ``FlopCounterMode`` (multiply-add = 2; the zoo's in-place GEMMs ``addmm_`` / ``addmm(out=)`` are not
-counted by it, so its Swin blocks are counted on their out-of-place path: the same products). One extra forward per
+one folder written by transformers' ``save_pretrained`` (seeded random weights). The same run measures the float32
+GEMM ceiling of this machine before and after the models (``cityseg_zoo.cli.benchmark.gemm_ceiling``: the best of
+several large matmuls and channels_last convolutions) and counts each variant's FLOPs with ``FlopCounterMode``
+(multiply-add = 2; the zoo's in-place GEMMs ``addmm_`` / ``addmm(out=)`` are not counted by it, so its Swin blocks
+and deformable encoder layers are counted on their out-of-place path: the same products). One extra forward per
 variant times its parts (backbone, pixel decoder, transformer decoder, the rest) with forward hooks.
 
 transformers is imported only by its own worker processes (and by this parent to write the weights).
@@ -29,16 +30,16 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-GIB = 1024 ** 3
-ROOT = Path(__file__).resolve().parents[1]
+from _side_by_side import (ROOT, count_gflops, current_rss_gib, gemm_worker, parse_cases, peak_rss_gib, spawn,
+                           write_report)
+
+TAG = "MASK2FORMER_RESULT"
 CASES = [("t", (512, 1024)), ("t", (1024, 2048)), ("l", (512, 1024)), ("l", (1024, 2048))]
 VARIANTS = ["transformers", "zoo-eager", "zoo-switch"]
 PARTS = {"transformers": {"backbone": "model.pixel_level_module.encoder",
@@ -50,15 +51,6 @@ NAMES = {"t": "Swin-T", "l": "Swin-L"}
 
 
 # ------------------------------------------------------------------------------------------- worker side
-
-def _rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
-
-
-def _current_rss_gib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / GIB
-
 
 def _load(job: dict):
     """(callable returning the semantic scores, callable running the network forward only, the model)."""
@@ -78,27 +70,6 @@ def _load(job: dict):
     if job["variant"] == "zoo-switch":
         model.optimize_for_inference()
     return model, (lambda x: model.head(model.backbone(x))), model
-
-
-def _flops(run, model, x) -> float:
-    """Forward GFLOPs of what the variant computes (convolutions, matmuls and attention; multiply-add = 2)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
-
-    def cpu_flash_attention(query, key, value, *args, out_shape=None, **kwargs) -> int:
-        return sdpa_flop_count(query, key, value)   # the CPU kernel FlopCounterMode has no formula for
-
-    blocks = [m for m in model.modules() if type(m).__name__ == "SwinBlock" and m.inference]
-    for block in blocks:
-        block.inference = False
-    try:
-        mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash_attention}
-        with FlopCounterMode(display=False, custom_mapping=mapping) as counter, torch.inference_mode():
-            run(x)
-    finally:
-        for block in blocks:
-            block.inference = True
-    return counter.get_total_flops() / 1e9
 
 
 def _part_times(run, model, parts: dict[str, str], x) -> dict[str, float]:
@@ -125,7 +96,7 @@ def worker(job: dict) -> dict:
     torch.set_num_threads(job["threads"])
     started = time.perf_counter()
     scores, forward, model = _load(job)
-    result = {"load_s": time.perf_counter() - started, "rss_after_load_gib": _current_rss_gib()}
+    result = {"load_s": time.perf_counter() - started, "rss_after_load_gib": current_rss_gib()}
     x = torch.randn(1, 3, *job["size"], generator=torch.Generator().manual_seed(0))
     latencies, forward_latencies = [], []
     with torch.inference_mode():
@@ -134,7 +105,7 @@ def worker(job: dict) -> dict:
             out = scores(x)
             if i >= job["warmup"]:
                 latencies.append(time.perf_counter() - t0)
-        peak = _rss_gib()
+        peak = peak_rss_gib()
         if job["variant"] == "transformers":   # its network forward alone, after the timed runs
             for _ in range(job["repeats"]):
                 t0 = time.perf_counter()
@@ -148,33 +119,11 @@ def worker(job: dict) -> dict:
     if forward_latencies:
         result["forward_median_s"] = statistics.median(forward_latencies)
     if job.get("flops", True):
-        result["gflops"] = _flops(scores, model, x)   # after the timing: FlopCounterMode's overhead is not timed
+        result["gflops"] = count_gflops(scores, model, x, ("SwinBlock", "DeformableEncoderLayer"))   # after the timing: FlopCounterMode's overhead is not timed
     return result
 
 
-def gemm_worker(job: dict) -> dict:
-    import torch
-
-    from cityseg_zoo.cli.benchmark import gemm_gflops
-    torch.set_num_threads(job["threads"])
-    return {"gemm_gflops": gemm_gflops("cpu", "float32")}
-
-
 # ------------------------------------------------------------------------------------------- parent side
-
-def spawn(job: dict, timeout: float) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(job)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    for line in proc.stdout.splitlines():
-        if line.startswith("MASK2FORMER_RESULT "):
-            return json.loads(line[len("MASK2FORMER_RESULT "):])
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:] or ["no output"]
-    return {"error": f"worker exited with {proc.returncode}: {' | '.join(tail)}"}
-
 
 def write_weights(variant: str, folder: Path) -> None:
     """A transformers save_pretrained folder of Mask2Former-Swin-``variant`` with seeded random weights."""
@@ -193,7 +142,7 @@ def write_weights(variant: str, folder: Path) -> None:
 
 
 def table(rows: list[dict], gemm: float) -> str:
-    lines = [f"GEMM peak measured in this run: {gemm:.0f} GFLOP/s (2048³ float32 matmul).", "",
+    lines = [f"GEMM ceiling measured in this run: {gemm:.0f} GFLOP/s (float32, best of the `gemm_ceiling` workloads).", "",
              "| model | size | implementation | median latency (s) | runs | GFLOPs | GFLOP/s | % of GEMM peak "
              "| RSS after load (GiB) | peak RSS (GiB) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -252,17 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         job = json.loads(args.worker)
         result = gemm_worker(job) if job.get("kind") == "gemm" else worker(job)
-        print("MASK2FORMER_RESULT " + json.dumps(result), flush=True)
+        print(TAG + " " + json.dumps(result), flush=True)
         return 0
 
-    cases = []
-    for text in args.cases:
-        name, size = text.split("@")
-        cases.append((name, tuple(int(v) for v in size.split("x"))))
+    cases = parse_cases(args.cases)
     rows = []
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="mask2former-bench-") as tmp:
-        gemm = spawn({"kind": "gemm", "threads": args.threads}, args.timeout)["gemm_gflops"]
+        gemm = spawn(__file__, TAG, {"kind": "gemm", "threads": args.threads}, args.timeout)["gemm_gflops"]
         print(f"GEMM peak: {gemm:.0f} GFLOP/s", flush=True)
         for name, size in cases:
             folder = Path(tmp) / name
@@ -272,13 +218,13 @@ def main(argv: list[str] | None = None) -> int:
             for variant in args.variants:
                 job = {"variant": variant, "size_name": name, "size": list(size), "folder": str(folder),
                        "threads": args.threads, "warmup": args.warmup, "repeats": repeats, "flops": not args.no_flops}
-                result = {**job, **spawn(job, args.timeout)}
+                result = {**job, **spawn(__file__, TAG, job, args.timeout)}
                 rows.append(result)
                 print(f"Mask2Former-{NAMES[name]} {size[0]}x{size[1]} {variant}: "
                       + (result.get("error") or f"{result['median_s']:.2f} s, peak RSS {result['peak_rss_gib']:.2f} GiB, "
                                                  f"parts {({k: round(v, 2) for k, v in result['part_times_s'].items()})}"),
                       flush=True)
-        gemm_after = spawn({"kind": "gemm", "threads": args.threads}, args.timeout)["gemm_gflops"]
+        gemm_after = spawn(__file__, TAG, {"kind": "gemm", "threads": args.threads}, args.timeout)["gemm_gflops"]
     gemm_before, gemm = gemm, max(gemm, gemm_after)
     text = table(rows, gemm)
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, "
@@ -293,13 +239,8 @@ def main(argv: list[str] | None = None) -> int:
               f"before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f} (the machine is shared; other processes' "
               "load slows every variant).\n\n")
     print(text)
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.with_suffix(".md").write_text(header + text, encoding="utf-8")
-    output.with_suffix(".json").write_text(json.dumps({"gemm_gflops": [gemm_before, gemm_after], "threads": args.threads,
-                                                       "rows": [{k: v for k, v in r.items() if k != "folder"}
-                                                                for r in rows]}, indent=1), encoding="utf-8")
-    print(f"wrote {output.with_suffix('.md')} and {output.with_suffix('.json')}")
+    write_report(args.output, header, text, {"gemm_gflops": [gemm_before, gemm_after], "threads": args.threads,
+                                            "rows": rows})
     return 0 if all("error" not in r for r in rows) else 1
 
 

@@ -20,34 +20,24 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-GIB = 1024 ** 3
-ROOT = Path(__file__).resolve().parents[1]
+from _side_by_side import (ROOT, count_gflops, current_rss_gib, gemm_worker, parse_cases, peak_rss_gib, spawn,
+                           write_report)
+
+TAG = "SEGFORMER_RESULT"
 CASES = [("b5", (1024, 1024)), ("b0", (1024, 2048))]
 VARIANTS = ["transformers", "zoo-eager", "zoo-switch"]   # zoo-eager: the zoo without the switch, for attribution
 
 
 # ------------------------------------------------------------------------------------------- worker side
 
-def _rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
-
-
-def _current_rss_gib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / GIB
-
-
 def _load(job: dict):
     """(callable running one forward, the model) for the variant."""
-    import torch
     if job["variant"].startswith("transformers"):
         from transformers import SegformerForSemanticSegmentation
         attn = "eager" if job["variant"] == "transformers-eager-attention" else "sdpa"
@@ -60,35 +50,12 @@ def _load(job: dict):
     return (lambda x: model.forward_logits_lowres(x)), model
 
 
-def _flops(forward, model, x) -> float:
-    """Forward GFLOPs of what the variant computes (convolutions, matmuls and attention; multiply-add = 2). The zoo's
-    in-place residual GEMMs (``addmm_``) are not counted by FlopCounterMode, so its blocks are counted on their
-    out-of-place path: the same products."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
-
-    def cpu_flash_attention(query, key, value, *args, out_shape=None, **kwargs) -> int:
-        return sdpa_flop_count(query, key, value)   # the CPU kernel FlopCounterMode has no formula for
-
-    blocks = [m for m in model.modules() if getattr(m, "inference", False) is True]
-    for block in blocks:
-        block.inference = False
-    try:
-        mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash_attention}
-        with FlopCounterMode(display=False, custom_mapping=mapping) as counter, torch.inference_mode():
-            forward(x)
-    finally:
-        for block in blocks:
-            block.inference = True
-    return counter.get_total_flops() / 1e9
-
-
 def worker(job: dict) -> dict:
     import torch
     torch.set_num_threads(job["threads"])
     started = time.perf_counter()
     forward, model = _load(job)
-    result = {"load_s": time.perf_counter() - started, "rss_after_load_gib": _current_rss_gib()}
+    result = {"load_s": time.perf_counter() - started, "rss_after_load_gib": current_rss_gib()}
     x = torch.randn(1, 3, *job["size"], generator=torch.Generator().manual_seed(0))
     latencies = []
     with torch.inference_mode():
@@ -97,40 +64,18 @@ def worker(job: dict) -> dict:
             out = forward(x)
             if i >= job["warmup"]:
                 latencies.append(time.perf_counter() - t0)
-    result.update(latencies_s=latencies, median_s=statistics.median(latencies), peak_rss_gib=_rss_gib(),
+    result.update(latencies_s=latencies, median_s=statistics.median(latencies), peak_rss_gib=peak_rss_gib(),
                   logits_shape=list(out.shape), logits_checksum=float(out.double().abs().mean()))
     if job.get("profile"):
         from torch.profiler import ProfilerActivity, profile
         with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
             forward(x)
         result["profile"] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
-    result["gflops"] = _flops(forward, model, x)   # after the timing: FlopCounterMode's dispatch overhead is not timed
+    result["gflops"] = count_gflops(forward, model, x)   # after the timing: FlopCounterMode's dispatch overhead is not timed
     return result
 
 
-def gemm_worker(job: dict) -> dict:
-    import torch
-
-    from cityseg_zoo.cli.benchmark import gemm_ceiling
-    torch.set_num_threads(job["threads"])
-    return {"gemm_gflops": max(gemm_ceiling("cpu", "float32").values())}
-
-
 # ------------------------------------------------------------------------------------------- parent side
-
-def spawn(job: dict, timeout: float) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(job)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    for line in proc.stdout.splitlines():
-        if line.startswith("SEGFORMER_RESULT "):
-            return json.loads(line[len("SEGFORMER_RESULT "):])
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:] or ["no output"]
-    return {"error": f"worker exited with {proc.returncode}: {' | '.join(tail)}"}
-
 
 def write_weights(variant: str, folder: Path) -> None:
     """A transformers save_pretrained folder of SegFormer-``variant`` with seeded random weights."""
@@ -194,17 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         job = json.loads(args.worker)
         result = gemm_worker(job) if job.get("kind") == "gemm" else worker(job)
-        print("SEGFORMER_RESULT " + json.dumps(result), flush=True)
+        print(TAG + " " + json.dumps(result), flush=True)
         return 0
 
-    cases = []
-    for text in args.cases:
-        name, size = text.split("@")
-        cases.append((name, tuple(int(v) for v in size.split("x"))))
+    cases = parse_cases(args.cases)
     rows = []
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="segformer-bench-") as tmp:
-        gemm = spawn({"kind": "gemm", "threads": args.threads}, args.timeout)["gemm_gflops"]
+        gemm = spawn(__file__, TAG, {"kind": "gemm", "threads": args.threads}, args.timeout)["gemm_gflops"]
         print(f"GEMM peak: {gemm:.0f} GFLOP/s", flush=True)
         for name, size in cases:
             folder = Path(tmp) / name
@@ -214,14 +156,14 @@ def main(argv: list[str] | None = None) -> int:
                 job = {"variant": variant, "size_name": name, "size": list(size), "folder": str(folder),
                        "threads": args.threads, "warmup": args.warmup, "repeats": args.repeats,
                        "profile": args.profile}
-                result = {**job, **spawn(job, args.timeout)}
+                result = {**job, **spawn(__file__, TAG, job, args.timeout)}
                 rows.append(result)
                 print(f"SegFormer-{name.upper()} {size[0]}x{size[1]} {variant}: "
                       + (result.get("error") or f"{result['median_s']:.2f} s, peak RSS {result['peak_rss_gib']:.2f} GiB, "
                                                  f"{result['gflops']:.0f} GFLOPs"), flush=True)
                 if result.get("profile"):
                     print(result["profile"], flush=True)
-        gemm_after = spawn({"kind": "gemm", "threads": args.threads}, args.timeout)["gemm_gflops"]
+        gemm_after = spawn(__file__, TAG, {"kind": "gemm", "threads": args.threads}, args.timeout)["gemm_gflops"]
     gemm_before, gemm = gemm, max(gemm, gemm_after)
     text = table(rows, gemm)
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, "
@@ -234,13 +176,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{gemm_after:.0f} GFLOP/s (the higher is used). 1-minute load average before / after: {load_before:.1f} / "
               f"{os.getloadavg()[0]:.1f} (the machine is shared; other processes' load slows every variant).\n\n")
     print(text)
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.with_suffix(".md").write_text(header + text, encoding="utf-8")
-    output.with_suffix(".json").write_text(json.dumps({"gemm_gflops": [gemm_before, gemm_after], "threads": args.threads,
-                                                       "rows": [{k: v for k, v in r.items() if k != "folder"}
-                                                                for r in rows]}, indent=1), encoding="utf-8")
-    print(f"wrote {output.with_suffix('.md')} and {output.with_suffix('.json')}")
+    write_report(args.output, header, text, {"gemm_gflops": [gemm_before, gemm_after], "threads": args.threads,
+                                            "rows": rows})
     return 0 if all("error" not in r for r in rows) else 1
 
 

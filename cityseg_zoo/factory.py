@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .errors import ArgumentConflictError, CheckpointError, WeightsUnavailableError
-from .hub.checkpoint import checkpoint_in_folder, read_state_dict
+from .hub.checkpoint import checkpoint_in_folder, open_state_dict
 from .hub.convert import load_converted
 from .hub.download import passing
 from .hub.weights import weight_file
@@ -153,7 +153,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, layout: str | Non
     """
     arch: ArchSpec = model.arch_spec
     path, config = checkpoint_in_folder(path) if Path(path).is_dir() else (Path(path), None)
-    state_dict = read_state_dict(path)
+    state_dict = open_state_dict(path)
     layouts = list(arch.layouts)
     if layout is not None:
         layouts = [lay for lay in layouts if lay.name == layout]

@@ -110,6 +110,30 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
         create_model("fcn_r50", pretrained=str(tmp_path / "absent.pth"))
 
 
+def test_safetensors_are_read_one_tensor_at_a_time_and_load_exactly(tmp_path):
+    from safetensors.torch import save_file
+
+    from cityseg_zoo.hub.checkpoint import StoredTensor, open_state_dict
+    torch.manual_seed(0)
+    source = create_model("fcn_r50", num_classes=5)
+    state = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v for k, v in source.state_dict().items()}
+    save_file(state, str(tmp_path / "fcn.safetensors"))
+    lazy = open_state_dict(tmp_path / "fcn.safetensors")
+    assert set(lazy) == set(state) and all(isinstance(v, StoredTensor) for v in lazy.values())
+    assert lazy["head.classifier.weight"].shape == state["head.classifier.weight"].shape
+    loaded = create_model("fcn_r50", num_classes=5, pretrained=str(tmp_path / "fcn.safetensors")).state_dict()
+    assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)
+
+
+def test_truncated_safetensors_is_a_clear_error(tmp_path):
+    from safetensors.torch import save_file
+    path = tmp_path / "fcn.safetensors"
+    save_file(create_model("fcn_r50").state_dict(), str(path))
+    path.write_bytes(path.read_bytes()[:-1000])
+    with pytest.raises(CheckpointError, match="fcn.safetensors"):
+        create_model("fcn_r50", pretrained=str(path))
+
+
 def test_pickle_that_runs_code_is_refused(tmp_path):
     class Exploit:
         def __reduce__(self):

@@ -368,3 +368,24 @@ def test_triton_kernels_are_only_chosen_for_cuda_tensors_of_one_dense_layout():
     assert triton_kernels.same_dense_layout(x, torch.randn(2, 3, 4, 5))
     assert not triton_kernels.same_dense_layout(x, x.contiguous(memory_format=torch.channels_last))
     assert not triton_kernels.same_dense_layout(x[..., :4], x[..., :4].contiguous())          # a strided view
+
+
+# ---------------------------------------------------------------- linear as a oneDNN 1x1 convolution
+
+@pytest.mark.parametrize("shape", [(37, 24), (2, 5, 7, 24), (1, 0, 24)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_through_onednn_is_f_linear(shape, with_bias):
+    from cityseg_zoo.ops import linear
+    g = torch.Generator().manual_seed(0)
+    x, weight, bias = torch.randn(shape, generator=g), torch.randn(11, 24, generator=g), torch.randn(11, generator=g)
+    bias = bias if with_bias else None
+    out = linear.linear(x, weight, bias)
+    expected = linear.linear_reference(x, weight, bias)
+    assert out.shape == expected.shape == (*shape[:-1], 11)
+    if expected.numel():
+        assert rel(out, expected) < 1e-6
+    strided = torch.randn(24, 37, generator=g).t()                     # a transposed (non-contiguous) input
+    assert rel(linear.linear(strided, weight, bias), linear.linear_reference(strided, weight, bias)) < 1e-6
+    assert linear.takes_onednn(x) == torch.backends.mkldnn.is_available()
+    low = linear.linear(x.bfloat16(), weight.bfloat16(), None)          # other dtypes: F.linear itself
+    assert low.dtype == torch.bfloat16 and torch.equal(low, torch.nn.functional.linear(x.bfloat16(), weight.bfloat16()))

@@ -319,6 +319,7 @@ def markdown_table(points: list[Point], gflops: dict[tuple[str, tuple[int, int]]
               if p.mode == "optimized" and p.dtype == "float32" and not p.compile}
     lines = [ceiling_summary(points), "",
              "| model | size | mode | median latency (s) | runs | vs eager | vs fp32 switch | vs mmseg 1.2.2 "
+             "(issue 5's figures, measured on the machine of that time) "
              "| peak memory (GiB) | GFLOPs | GFLOP/s | % of GEMM ceiling | logits vs fp32: max rel. diff "
              "| argmax changed | fast paths |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

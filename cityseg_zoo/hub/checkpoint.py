@@ -6,6 +6,10 @@ Containers seen in the wild (models.md §0.4): a bare state dict, ``{'state_dict
 DecoupleSegNets), ``{'model': ...}``, ``{'meta', 'state_dict'}`` (mmseg), and a ``module.`` prefix from
 DataParallel/DDP.
 
+Loading into a model (:func:`open_state_dict`) reads a safetensors file lazily: the keys, shapes and dtypes come
+from its header, each tensor's bytes when it is copied into the model, so the peak memory of ``create_model`` is
+the model plus its largest tensor, not the model plus the whole checkpoint (Swin-L: 0.8 GiB less).
+
 A folder written by ``save_pretrained`` (the zoo's or transformers') is read through
 :func:`checkpoint_in_folder`: its ``model.safetensors``, else its ``pytorch_model.bin``, and its ``config.json``.
 """
@@ -40,11 +44,50 @@ def checkpoint_in_folder(folder: str | os.PathLike) -> tuple[Path, dict | None]:
                           + (f" (sharded checkpoints such as {sharded[0]} are not supported)" if sharded else ""))
 
 
+class StoredTensor:
+    """One tensor of an open safetensors file: its shape and dtype now, its bytes on :meth:`load`."""
+
+    def __init__(self, handle, key: str, path: Path):
+        self._handle, self.key, self.path = handle, key, path
+        view = handle.get_slice(key)
+        self.shape = torch.Size(view.get_shape())
+        self.dtype = view.get_dtype()   # the file's dtype name, e.g. "F32"
+
+    def load(self) -> torch.Tensor:
+        from safetensors import SafetensorError
+        try:
+            return self._handle.get_tensor(self.key)
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"{self.path}: tensor {self.key!r} could not be read: {err}") from err
+
+
+def materialize(value: torch.Tensor | StoredTensor) -> torch.Tensor:
+    return value.load() if isinstance(value, StoredTensor) else value
+
+
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+
+
+def open_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor | StoredTensor]:
+    """Like :func:`read_state_dict`, but a safetensors file's values are :class:`StoredTensor` (read on load)."""
+    path = Path(path)
+    _check_file(path)
+    if path.suffix != ".safetensors":
+        return read_state_dict(path)
+    from safetensors import SafetensorError, safe_open
+    try:
+        handle = safe_open(str(path), framework="pt", device="cpu")
+        return {key: StoredTensor(handle, key, path) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a checkpoint file and return its flat state dict (container and ``module.`` prefix removed)."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file not found: {path}")
+    _check_file(path)
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from .checkpoint import StoredTensor, materialize
 
 
 @dataclass(frozen=True)
@@ -79,10 +80,12 @@ class ConversionReport:
         return f"layout {self.layout!r}: " + "; ".join(parts)
 
 
-def convert_state_dict(state_dict: dict[str, torch.Tensor], layout: Layout,
+def convert_state_dict(state_dict: dict[str, torch.Tensor | StoredTensor], layout: Layout,
                        model_state: dict[str, torch.Tensor],
                        ignore_shape: set[str] = frozenset()) -> tuple[dict[str, torch.Tensor], ConversionReport]:
     """Rename ``state_dict`` with ``layout`` and compare it strictly with ``model_state``.
+
+    Values may be :class:`StoredTensor` (a safetensors file opened lazily): only their shapes are read here.
 
     ``ignore_shape``: zoo keys whose shape may differ (classifiers re-initialised for a new ``num_classes``);
     they are left out of the result. Returns the converted dict and a report (``report.ok`` when usable).
@@ -95,7 +98,7 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], layout: Layout,
         if twin is not None:
             if twin not in state_dict:
                 report.unexpected.append(f"{key} (alias of absent {twin})")
-            elif not torch.equal(value, state_dict[twin]):
+            elif not torch.equal(materialize(value), materialize(state_dict[twin])):
                 report.shape_mismatch.append(f"{key} (must equal its shared twin {twin})")
             continue
         new = layout.rename(key)
@@ -147,11 +150,21 @@ def convert_strict(state_dict: dict[str, torch.Tensor], layouts: Sequence[Layout
         f"{best.describe()}")
 
 
-def load_converted(model: nn.Module, state_dict: dict[str, torch.Tensor], layouts: Sequence[Layout],
+def load_converted(model: nn.Module, state_dict: dict[str, torch.Tensor | StoredTensor], layouts: Sequence[Layout],
                    source: str = "checkpoint", reinit: set[str] = frozenset(),
                    name: str = "the model") -> ConversionReport:
-    """Load ``state_dict`` into ``model`` through :func:`convert_strict`; re-initialised keys keep their values."""
+    """Load ``state_dict`` into ``model`` through :func:`convert_strict`; re-initialised keys keep their values.
+
+    Stored (lazily read) tensors are read and copied one at a time, so only one of them is in memory at once;
+    the keys were matched strictly by :func:`convert_strict` before anything is copied.
+    """
     converted, report = convert_strict(state_dict, layouts, model.state_dict(), reinit=reinit, source=source,
                                        name=name)
-    model.load_state_dict(converted, strict=not report.reinitialized)
+    if not any(isinstance(v, StoredTensor) for v in converted.values()):
+        model.load_state_dict(converted, strict=not report.reinitialized)
+        return report
+    targets = model.state_dict(keep_vars=True)
+    with torch.no_grad():
+        for key in list(converted):
+            targets[key].copy_(materialize(converted.pop(key)))
     return report

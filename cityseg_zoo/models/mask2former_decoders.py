@@ -26,6 +26,7 @@ from torch import nn
 
 from ..ops.deformable_attention import multi_scale_deformable_attention
 from ..ops.heads import merge_heads, split_heads
+from ..ops.linear import linear
 
 LEVELS = 3   # the pixel decoder's transformer levels (1/32, 1/16, 1/8) and the decoder's round-robin
 FFN_CHUNK_ROWS = 1 << 14   # tokens per step of the inference path's encoder FFN (a 64 MiB hidden block)
@@ -70,6 +71,7 @@ class MultiScaleDeformableAttention(nn.Module):
         self.value_proj = nn.Linear(dim, dim)
         self.output_proj = nn.Linear(dim, dim)
         self.reset_parameters()
+        self.inference = False   # set by the encoder layer's fuse_for_inference: projections through ops.linear
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -91,15 +93,18 @@ class MultiScaleDeformableAttention(nn.Module):
         """``query [B, Q, D]`` (with position), ``reference_points [B, Q, 2]`` normalised (x, y), ``value [B, S, D]``
         (without position), ``shapes``: the levels' (H, W) -> ``[B, Q, D]``."""
         b, q, _ = query.shape
-        value = self.value_proj(value).view(b, value.shape[1], self.heads, -1)
-        offsets = self.sampling_offsets(query).view(b, q, self.heads, self.levels, self.points, 2)
-        weights = self.attention_weights(query).view(b, q, self.heads, self.levels * self.points)
+        value = self.project(self.value_proj, value).view(b, value.shape[1], self.heads, -1)
+        offsets = self.project(self.sampling_offsets, query).view(b, q, self.heads, self.levels, self.points, 2)
+        weights = self.project(self.attention_weights, query).view(b, q, self.heads, self.levels * self.points)
         weights = weights.softmax(-1).view(b, q, self.heads, self.levels, self.points)
         # Offsets are in pixels of each level: divide by its (W, H) to move in normalised coordinates.
         normalizer = torch.tensor([[w, h] for h, w in shapes], dtype=offsets.dtype, device=query.device)
         locations = torch.addcdiv(reference_points[:, :, None, None, None, :], offsets,
                                   normalizer[None, None, None, :, None, :])   # ref + offsets / normalizer
-        return self.output_proj(multi_scale_deformable_attention(value, shapes, locations, weights))
+        return self.project(self.output_proj, multi_scale_deformable_attention(value, shapes, locations, weights))
+
+    def project(self, lin: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, lin.weight, lin.bias) if self.inference and not x.requires_grad else lin(x)
 
 
 class DeformableEncoderLayer(nn.Module):
@@ -123,21 +128,22 @@ class DeformableEncoderLayer(nn.Module):
         return self.ffn_norm(x + self.fc2(F.relu(self.fc1(x))))
 
     def _forward_inference(self, x, pos, reference_points, shapes) -> torch.Tensor:
-        """The same layer with the residuals added in place and the FFN in row chunks (ReLU in place)."""
+        """The same layer with the residuals added in place and the FFN in row chunks (ReLU in place); every GEMM
+        through :func:`ops.linear.linear` (oneDNN on CPU)."""
         b, s, d = x.shape
         x = self.self_attn_norm(self.self_attn(x + pos, reference_points, x, shapes).add_(x))
         stream = x.view(b * s, d)
         for start in range(0, b * s, FFN_CHUNK_ROWS):
             part = stream[start:start + FFN_CHUNK_ROWS]
-            hidden = torch.addmm(self.fc1.bias, part, self.fc1.weight.t()).relu_()
-            part.add_(self.fc2.bias).addmm_(hidden, self.fc2.weight.t())
+            hidden = linear(part, self.fc1.weight, self.fc1.bias).relu_()
+            part.add_(linear(hidden, self.fc2.weight, self.fc2.bias))
         return self.ffn_norm(x)
 
     def fuse_for_inference(self) -> None:
         """Switch to the in-place inference path (eval only)."""
         if self.training:
             raise ValueError("fuse_for_inference needs an eval-mode model")
-        self.inference = True
+        self.inference = self.self_attn.inference = True
 
 
 def reference_points(shapes: list[tuple[int, int]], device, dtype) -> torch.Tensor:

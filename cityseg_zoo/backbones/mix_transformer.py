@@ -14,8 +14,11 @@ Inference path (:meth:`Block.fuse_for_inference`, run by the inference switch): 
 passes. Each residual branch's last Linear accumulates straight into the residual stream (``x.add_(b).addmm_(y, Wᵀ)``
 instead of a bias copy, a GEMM into a new tensor and an add), and GELU runs in place on the depth-wise conv's output.
 CPU float32 GEMMs of these sizes are fast enough that allocating (and page-faulting) those temporaries is a large part
-of a block's time. In bf16/fp16 (the low-precision switch) the residual stream stays float32: each block adds two
-small branch outputs to it, and rounding the stream to bf16 at every addition was most of SegFormer-B0's bf16
+of a block's time. On CPU float32 every Linear of the path runs through :func:`ops.linear.linear` instead (oneDNN's
+1x1 convolution, 2-2.5x MKL's sgemm on AMD CPUs), whose product goes to a temporary that is then added.
+
+In bf16/fp16 (the low-precision switch) the residual stream stays float32: each block adds two small branch outputs
+to it, and rounding the stream to bf16 at every addition was most of SegFormer-B0's bf16
 error (1.1% of the logits after 8 blocks); the branches read a bf16 copy of it and run in bf16.
 
 Tokens stay ``[B, N, C]`` inside a stage. The stage output map is a view of the tokens with channels last in memory
@@ -31,9 +34,9 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
 
-from ..ops.precision import upcast
-
 from ..ops.efficient_attention import EfficientSelfAttention
+from ..ops.linear import linear, takes_onednn
+from ..ops.precision import upcast
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,7 @@ class MixFFN(nn.Module):
 
     def hidden_inference(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """``GELU(dwconv(fc1(x)))`` as ``[B·N, hidden]``, GELU in place (inference only)."""
-        hidden = self.dwconv(tokens_to_map(self.fc1(x), height, width))
+        hidden = self.dwconv(tokens_to_map(linear(x, self.fc1.weight, self.fc1.bias), height, width))
         torch.ops.aten.gelu_(hidden)
         return map_to_tokens(hidden).reshape(-1, hidden.shape[1])
 
@@ -127,7 +130,7 @@ class Block(nn.Module):
         stream = upcast(x).contiguous().view(-1, x.shape[-1])
         tokens = stream.view(x.shape)
         low = self.norm1.weight.dtype     # the branches' dtype (a no-op cast in float32)
-        _accumulate(stream, self.attn.attend(self.norm1(tokens.to(low)), height, width), self.attn.proj)
+        _accumulate(stream, self.attn.attend(self.norm1(tokens.to(low)), height, width, fast=True), self.attn.proj)
         _accumulate(stream, self.mlp.hidden_inference(self.norm2(tokens.to(low)), height, width), self.mlp.fc2)
         return tokens
 
@@ -138,14 +141,14 @@ class Block(nn.Module):
         self.inference = True
 
 
-def _accumulate(stream: torch.Tensor, y: torch.Tensor, linear: nn.Linear) -> None:
-    """``stream += linear(y)`` for ``[rows, C]`` ``stream`` and ``[rows, C_in]`` ``y``, without a temporary
+def _accumulate(stream: torch.Tensor, y: torch.Tensor, lin: nn.Linear) -> None:
+    """``stream += lin(y)`` for ``[rows, C]`` ``stream`` and ``[rows, C_in]`` ``y``, without a temporary
     in float32; in low precision (bf16 weights, or autocast) the GEMM runs in its dtype and is added to the float32
     stream."""
-    if y.dtype == stream.dtype == linear.weight.dtype:
-        stream.add_(linear.bias).addmm_(y, linear.weight.t())
-    else:
-        stream.add_(F.linear(y, linear.weight, linear.bias))
+    if y.dtype == stream.dtype == lin.weight.dtype and not takes_onednn(y):
+        stream.add_(lin.bias).addmm_(y, lin.weight.t())
+    else:   # CPU float32: oneDNN's GEMM into a temporary beats MKL's in place (ops/linear.py)
+        stream.add_(linear(y, lin.weight, lin.bias))
 
 
 class Stage(nn.Module):

@@ -258,9 +258,10 @@ class SwinBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
     def _forward_inference(self, x: torch.Tensor, height: int, width: int, plan: WindowPlan) -> torch.Tensor:
-        """The same block on gathered windows: q/k/v as one GEMM on the real tokens only (a pad token's q/k/v is
-        the bias; every GEMM through :func:`ops.linear.linear`, oneDNN on CPU); per run of windows, the pad/shift/partition as one gather and, after ``proj``, the reverse as one
-        ``index_add_`` into the residual stream; the MLP in row chunks with GELU in place (inference only: nothing
+        """The same block on gathered windows: q/k/v as one GEMM on the real tokens and one zero row per image (a
+        pad token's q/k/v is the bias; every GEMM through :func:`ops.linear.linear`, oneDNN on CPU); per run of
+        windows, the pad/shift/partition as one gather and, after ``proj``, the reverse as one ``index_add_`` into
+        the residual stream; the MLP in row chunks with GELU in place (inference only: nothing
         is recorded for autograd). The only edge windows get the bias + shift mask tensor."""
         b, n, c = x.shape
         stream = x.reshape(b * n, c)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .linear import linear
 from .precision import float32_island, upcast
 
 
@@ -73,12 +74,15 @@ class EfficientSelfAttention(nn.Module):
         reduced = self.sr(x.transpose(1, 2).reshape(b, c, height, width))
         return self.norm(reduced.flatten(2).transpose(1, 2))
 
-    def attend(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """The heads' outputs, concatenated: ``[B·N, C]``, before the output projection."""
+    def attend(self, x: torch.Tensor, height: int, width: int, fast: bool = False) -> torch.Tensor:
+        """The heads' outputs, concatenated: ``[B·N, C]``, before the output projection. ``fast`` (the inference
+        path): the projections through :func:`ops.linear.linear` (oneDNN on CPU)."""
         b, n, c = x.shape
         kv = self.reduce(x, height, width)
         attend = efficient_attention_reference if self.use_reference else efficient_attention
-        out = attend(self._heads(self.q(x)), self._heads(self.k(kv)), self._heads(self.v(kv)))
+        project = (lambda t, lin: linear(t, lin.weight, lin.bias)) if fast else (lambda t, lin: lin(t))
+        q, k, v = project(x, self.q), project(kv, self.k), project(kv, self.v)
+        out = attend(self._heads(q), self._heads(k), self._heads(v))
         return out.transpose(1, 2).reshape(b * n, c)
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -199,14 +199,24 @@ def test_attention_softmax_is_float32_in_bf16_on_energies_bf16_cannot_hold(op, h
     assert rel(out, expected) <= 1e-2, rel(out, expected)
 
 
-def test_position_attention_in_bf16_on_cpu_takes_the_sdpa_kernel(monkeypatch):
+@pytest.mark.parametrize("amx", [True, False])
+def test_position_attention_in_bf16_on_cpu_takes_sdpa_with_amx_and_the_chunks_without(amx, monkeypatch):
     q, k, v = qkv(dtype=torch.bfloat16)
     calls = []
-    original = attention.position_attention_sdpa
-    monkeypatch.setattr(attention, "position_attention_sdpa", lambda *a: calls.append(1) or original(*a))
-    out = attention.position_attention(q, k, v)
-    assert calls and out.dtype == torch.bfloat16
+    for name in ("position_attention_sdpa", "position_attention_chunked"):
+        original = getattr(attention, name)
+        monkeypatch.setattr(attention, name, lambda *a, name=name, original=original: calls.append(name) or original(*a))
+    monkeypatch.setattr(attention, "_cpu_has_amx", lambda: amx)
+    out = attention.position_attention(q, k, v, memory_light=True)
+    assert calls == ["position_attention_sdpa" if amx else "position_attention_chunked"]
+    assert out.dtype == torch.bfloat16
     assert rel(out, attention.position_attention_explicit(q.double(), k.double(), v.double())) <= 1e-2
+
+
+def test_position_attention_chunks_on_cpu_equal_the_explicit_matrix():
+    q, k, v = qkv(b=2, n=13 * 19)
+    out = attention.position_attention_chunked(q, k, v, chunk_entries=(13 * 19) * 40)   # 7 chunks, the last short
+    assert rel(out, attention.position_attention_explicit(q, k, v)) <= 1e-5
 
 
 def test_bf16_energies_would_fail_the_float32_softmax_check():

@@ -8,8 +8,8 @@ from ``gemm_ceiling``, measured in that row's process before and after its model
 also give the logits difference and the argmax changes against the float32 switch of the same weights on the same
 input. Writes ``<output>.md``, ``<output>.json`` and ``<output>.png``.
 
-    python benchmarks/bench.py                         # the full table (~25 min on a quiet 2-core CPU before
-                                                       # the bf16 rows and the per-point ceilings were added)
+    python benchmarks/bench.py                         # the full table (15 min on the 2-core AMD EPYC of
+                                                       # 2026-12-07, with the bf16 rows and per-point ceilings)
     python benchmarks/bench.py --memory-models pspnet_r101 danet_r101   # fewer 1024x2048 points
     python benchmarks/bench.py --compile               # plus a torch.compile row per model (add ~30 min)
     python benchmarks/bench.py --quick                 # a two-model smoke run at small sizes (about 2 min)

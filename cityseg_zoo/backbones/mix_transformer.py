@@ -15,7 +15,7 @@ passes. Each residual branch's last Linear accumulates straight into the residua
 instead of a bias copy, a GEMM into a new tensor and an add), and GELU runs in place on the depth-wise conv's output.
 CPU float32 GEMMs of these sizes are fast enough that allocating (and page-faulting) those temporaries is a large part
 of a block's time. On CPU float32 every Linear of the path runs through :func:`ops.linear.linear` instead (oneDNN's
-1x1 convolution, 2-2.5x MKL's sgemm on AMD CPUs), whose product goes to a temporary that is then added.
+1x1 convolution, 1.5-2.5x MKL's sgemm on AMD CPUs), whose product goes to a temporary that is then added.
 
 In bf16/fp16 (the low-precision switch) the residual stream stays float32: each block adds two small branch outputs
 to it, and rounding the stream to bf16 at every addition was most of SegFormer-B0's bf16

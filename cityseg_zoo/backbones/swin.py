@@ -26,7 +26,7 @@ mask in shifted blocks) as its float ``attn_mask``; the shift mask of one input 
 
 Inference path (``SwinBlock.fuse_for_inference``, run by the inference switch): q, k and v are one GEMM on the real
 tokens and one zero row per image (a pad token's q/k/v is the bias), every GEMM through :func:`ops.linear.linear`
-(oneDNN on CPU, 2-2.5x MKL's float32 speed on AMD CPUs); pad, shift and partition become one precomputed gather
+(oneDNN on CPU, 1.5-2.5x MKL's float32 speed on AMD CPUs); pad, shift and partition become one precomputed gather
 (:class:`WindowPlan`), and the reverse one ``index_add_`` of the projected output into the residual stream, run by
 run of windows so that the windows' q/k/v exist a few hundred windows at a time; only the last window row and
 column (where the shift's regions meet) get a bias + mask tensor, the others the bias broadcast (at Swin-L's stage

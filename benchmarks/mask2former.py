@@ -119,7 +119,8 @@ def worker(job: dict) -> dict:
     if forward_latencies:
         result["forward_median_s"] = statistics.median(forward_latencies)
     if job.get("flops", True):
-        result["gflops"] = count_gflops(scores, model, x, ("SwinBlock", "DeformableEncoderLayer"))   # after the timing: FlopCounterMode's overhead is not timed
+        # After the timing: FlopCounterMode's overhead is not timed.
+        result["gflops"] = count_gflops(scores, model, x, ("SwinBlock", "DeformableEncoderLayer"))
     return result
 
 

@@ -35,7 +35,7 @@ from timm.layers import DropPath
 from torch import nn
 
 from ..ops.efficient_attention import EfficientSelfAttention
-from ..ops.linear import linear, takes_onednn
+from ..ops.linear import apply_linear, takes_onednn
 from ..ops.precision import upcast
 
 
@@ -102,7 +102,7 @@ class MixFFN(nn.Module):
 
     def hidden_inference(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """``GELU(dwconv(fc1(x)))`` as ``[B·N, hidden]``, GELU in place (inference only)."""
-        hidden = self.dwconv(tokens_to_map(linear(x, self.fc1.weight, self.fc1.bias), height, width))
+        hidden = self.dwconv(tokens_to_map(apply_linear(self.fc1, x), height, width))
         torch.ops.aten.gelu_(hidden)
         return map_to_tokens(hidden).reshape(-1, hidden.shape[1])
 
@@ -142,13 +142,14 @@ class Block(nn.Module):
 
 
 def _accumulate(stream: torch.Tensor, y: torch.Tensor, lin: nn.Linear) -> None:
-    """``stream += lin(y)`` for ``[rows, C]`` ``stream`` and ``[rows, C_in]`` ``y``, without a temporary
-    in float32; in low precision (bf16 weights, or autocast) the GEMM runs in its dtype and is added to the float32
+    """``stream += lin(y)`` for ``[rows, C]`` ``stream`` and ``[rows, C_in]`` ``y``: in float32 off the CPU as one
+    in-place ``addmm_`` (no temporary); on CPU float32 through oneDNN (:func:`ops.linear.linear`) into a temporary
+    that is added; in low precision (bf16 weights, or autocast) the GEMM runs in its dtype and is added to the float32
     stream."""
     if y.dtype == stream.dtype == lin.weight.dtype and not takes_onednn(y):
         stream.add_(lin.bias).addmm_(y, lin.weight.t())
     else:   # CPU float32: oneDNN's GEMM into a temporary beats MKL's in place (ops/linear.py)
-        stream.add_(linear(y, lin.weight, lin.bias))
+        stream.add_(apply_linear(lin, y))
 
 
 class Stage(nn.Module):

@@ -44,7 +44,7 @@ from torch import nn
 
 from ..export import ExportError
 from ..ops.heads import merge_heads, split_heads
-from ..ops.linear import linear
+from ..ops.linear import apply_linear, linear
 
 MLP_CHUNK_ROWS = 1 << 14   # tokens per step of the inference path's MLP (Swin-L stage 1: a 48 MiB hidden block)
 WINDOW_CHUNK_TOKENS = 1 << 15   # window tokens per step of the inference path's attention (Swin-L: 72 MiB of q/k/v)
@@ -283,9 +283,9 @@ class SwinBlock(nn.Module):
         fc1, fc2 = self.mlp.fc1, self.mlp.fc2
         for start in range(0, b * n, MLP_CHUNK_ROWS):
             part = stream[start:start + MLP_CHUNK_ROWS]
-            hidden = linear(self.norm2(part), fc1.weight, fc1.bias)
+            hidden = apply_linear(fc1, self.norm2(part))
             torch.ops.aten.gelu_(hidden)
-            part.add_(linear(hidden, fc2.weight, fc2.bias))
+            part.add_(apply_linear(fc2, hidden))
         return stream.view(b, n, c)
 
     @torch.no_grad()

@@ -6,8 +6,8 @@ Containers seen in the wild (models.md §0.4): a bare state dict, ``{'state_dict
 DecoupleSegNets), ``{'model': ...}``, ``{'meta', 'state_dict'}`` (mmseg), and a ``module.`` prefix from
 DataParallel/DDP.
 
-Loading into a model (:func:`open_state_dict`) reads a safetensors file lazily: the keys, shapes and dtypes come
-from its header, each tensor's bytes when it is copied into the model, so the peak memory of ``create_model`` is
+Loading into a model (:func:`open_state_dict`) reads a safetensors file lazily: the keys and shapes come from
+its header, each tensor's bytes when it is copied into the model, so the peak memory of ``create_model`` is
 the model plus its largest tensor, not the model plus the whole checkpoint (Swin-L: 0.8 GiB less).
 
 A folder written by ``save_pretrained`` (the zoo's or transformers') is read through
@@ -45,13 +45,11 @@ def checkpoint_in_folder(folder: str | os.PathLike) -> tuple[Path, dict | None]:
 
 
 class StoredTensor:
-    """One tensor of an open safetensors file: its shape and dtype now, its bytes on :meth:`load`."""
+    """One tensor of an open safetensors file: its shape now (from the header), its bytes on :meth:`load`."""
 
     def __init__(self, handle, key: str, path: Path):
         self._handle, self.key, self.path = handle, key, path
-        view = handle.get_slice(key)
-        self.shape = torch.Size(view.get_shape())
-        self.dtype = view.get_dtype()   # the file's dtype name, e.g. "F32"
+        self.shape = torch.Size(handle.get_slice(key).get_shape())
 
     def load(self) -> torch.Tensor:
         from safetensors import SafetensorError
@@ -83,9 +81,9 @@ def _open_unmapped(path: Path):
 def open_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor | StoredTensor]:
     """Like :func:`read_state_dict`, but a safetensors file's values are :class:`StoredTensor` (read on load)."""
     path = Path(path)
-    _check_file(path)
     if path.suffix != ".safetensors":
         return read_state_dict(path)
+    _check_file(path)
     from safetensors import SafetensorError
     try:
         handle = _open_unmapped(path)

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..ops.deformable_attention import multi_scale_deformable_attention
 from ..ops.heads import merge_heads, split_heads
-from ..ops.linear import linear
+from ..ops.linear import apply_linear
 
 LEVELS = 3   # the pixel decoder's transformer levels (1/32, 1/16, 1/8) and the decoder's round-robin
 FFN_CHUNK_ROWS = 1 << 14   # tokens per step of the inference path's encoder FFN (a 64 MiB hidden block)
@@ -104,7 +104,7 @@ class MultiScaleDeformableAttention(nn.Module):
         return self.project(self.output_proj, multi_scale_deformable_attention(value, shapes, locations, weights))
 
     def project(self, lin: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, lin.weight, lin.bias) if self.inference and not x.requires_grad else lin(x)
+        return apply_linear(lin, x) if self.inference and not x.requires_grad else lin(x)
 
 
 class DeformableEncoderLayer(nn.Module):
@@ -135,8 +135,8 @@ class DeformableEncoderLayer(nn.Module):
         stream = x.view(b * s, d)
         for start in range(0, b * s, FFN_CHUNK_ROWS):
             part = stream[start:start + FFN_CHUNK_ROWS]
-            hidden = linear(part, self.fc1.weight, self.fc1.bias).relu_()
-            part.add_(linear(hidden, self.fc2.weight, self.fc2.bias))
+            hidden = apply_linear(self.fc1, part).relu_()
+            part.add_(apply_linear(self.fc2, hidden))
         return self.ffn_norm(x)
 
     def fuse_for_inference(self) -> None:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .linear import linear
+from .linear import apply_linear
 from .precision import float32_island, upcast
 
 
@@ -80,8 +80,8 @@ class EfficientSelfAttention(nn.Module):
         b, n, c = x.shape
         kv = self.reduce(x, height, width)
         attend = efficient_attention_reference if self.use_reference else efficient_attention
-        project = (lambda t, lin: linear(t, lin.weight, lin.bias)) if fast else (lambda t, lin: lin(t))
-        q, k, v = project(x, self.q), project(kv, self.k), project(kv, self.v)
+        project = apply_linear if fast else (lambda lin, t: lin(t))
+        q, k, v = project(self.q, x), project(self.k, kv), project(self.v, kv)
         out = attend(self._heads(q), self._heads(k), self._heads(v))
         return out.transpose(1, 2).reshape(b * n, c)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -38,3 +39,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     image = rows.view(1, rows.shape[0], 1, k).permute(0, 3, 1, 2)         # [1, K, M, 1], NHWC = the rows
     out = F.conv2d(image, weight.reshape(n, k, 1, 1), bias)               # [1, N, M, 1], channels_last
     return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], n)              # a view when oneDNN kept NHWC
+
+
+def apply_linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` through :func:`linear`."""
+    return linear(x, module.weight, module.bias)

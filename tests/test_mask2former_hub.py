@@ -71,3 +71,26 @@ def test_pretrained_true_downloads_verifies_converts_and_then_loads_offline(hub_
     monkeypatch.setattr(torch, "load", no_unpickling)
     again = create_model(WEIGHT, pretrained=True)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+def test_finetuning_from_the_weight_name_reinitialises_only_the_class_predictor(hub_checkpoint, monkeypatch):
+    hf, data = hub_checkpoint
+    entry = copy.deepcopy(shipped_entry(WEIGHT))
+    entry.update(integrity="sha256", sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    with_manifest_entries(monkeypatch, entry)
+    (source,) = entry["sources"]
+    monkeypatch.setattr(factory, "_NOTICES_SHOWN", set())
+    with HubServer({(source["repo_id"], source["filename"]): data}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        with pytest.warns(UserWarning, match=r"re-initialised for num_classes=3: head\.class_predictor\.bias, "
+                                             r"head\.class_predictor\.weight"):
+            model = create_model(WEIGHT, pretrained=True, num_classes=3).eval()
+        reference = create_model(WEIGHT, pretrained=True).state_dict()
+    tuned = model.state_dict()
+    assert model.head.class_predictor.out_features == 4          # K classes + the "no object" slot
+    assert set(tuned) == set(reference)
+    for key, value in reference.items():
+        if not key.startswith("head.class_predictor."):
+            assert torch.equal(tuned[key], value), key
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 65, 97)).shape == (1, 3, 65, 97)

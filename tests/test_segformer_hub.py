@@ -78,6 +78,25 @@ def test_pretrained_true_downloads_verifies_converts_and_then_loads_offline(serv
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
 
 
+def test_finetuning_from_the_weight_name_reinitialises_only_the_classifier(served):
+    hub, source, hf = served
+    with pytest.warns(UserWarning, match=r"re-initialised for num_classes=3: head\.classifier\.bias, "
+                                         r"head\.classifier\.weight"):
+        model = create_model(WEIGHT, pretrained=True, num_classes=3).eval()
+    assert model.pretrained_cfg["reinitialized"] == ["head.classifier.bias", "head.classifier.weight"]
+    assert model.pretrained_cfg["classes"] == ["class_0", "class_1", "class_2"]
+    reference = create_model(WEIGHT, pretrained=True).state_dict()
+    tuned = model.state_dict()
+    assert set(tuned) == set(reference)
+    for key, value in reference.items():
+        if key.startswith("head.classifier."):
+            assert tuned[key].shape[0] == 3, key
+        else:
+            assert torch.equal(tuned[key], value), key
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 65, 97)).shape == (1, 3, 65, 97)
+
+
 def test_a_file_that_does_not_match_the_manifest_hash_is_refused(served, monkeypatch):
     hub, source, _ = served
     hub.files[(source["repo_id"], source["filename"])] += b"\0"
